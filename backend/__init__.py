@@ -1,0 +1,1 @@
+"""snapdeck's backend: a library that knows nothing about the UI."""

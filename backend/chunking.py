@@ -1,0 +1,96 @@
+"""Content-defined chunking (FastCDC, compiled) over files and buffers.
+
+Boundaries depend only on content and the repository's chunker parameters (including the
+per-repository gear seed), so an insertion early in a file only changes the chunks around it.
+Files smaller than ``min_size`` are a single chunk without running the chunker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+from pyfastcdc import FastCDC
+
+from backend.format import ChunkerParams
+
+WINDOW = 16 * 1024 * 1024
+_local = threading.local()
+
+
+def _chunker(params: ChunkerParams) -> FastCDC:
+    # FastCDC objects are not safe to share between threads: one per thread and params.
+    cache: dict[ChunkerParams, FastCDC] | None = getattr(_local, "cache", None)
+    if cache is None:
+        cache = {}
+        _local.cache = cache
+    c = cache.get(params)
+    if c is None:
+        c = FastCDC(
+            avg_size=params.avg_size,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            seed=params.seed,
+        )
+        cache[params] = c
+    return c
+
+
+def chunk_buffer(buf: bytes | memoryview, params: ChunkerParams) -> Iterator[memoryview]:
+    """Cut a whole buffer into chunks."""
+    mv = memoryview(buf)
+    if len(mv) <= params.min_size:
+        if len(mv):
+            yield mv
+        return
+    for c in _chunker(params).cut_buf(mv):
+        yield mv[c.offset : c.offset + c.length]
+
+
+def chunk_fd(fd: int, params: ChunkerParams, size_hint: int) -> Iterator[memoryview]:
+    """Read a file descriptor to the end and cut it into chunks, a window at a time.
+
+    A chunk that ends at a window's end is carried into the next window, so boundaries are the
+    same as for the whole file in one buffer.
+    """
+    if size_hint <= WINDOW:
+        data = _read_all(fd, size_hint)
+        yield from chunk_buffer(data, params)
+        return
+    carry = b""
+    while True:
+        block = _read_all(fd, WINDOW)
+        eof = len(block) < WINDOW
+        window = carry + block if carry else block
+        if eof:
+            yield from chunk_buffer(window, params)
+            return
+        chunks = list(chunk_buffer(window, params))
+        if not chunks:
+            carry = b""
+            continue
+        yield from chunks[:-1]
+        last = chunks[-1]
+        carry = bytes(last)
+
+
+def _read_all(fd: int, want: int) -> bytes:
+    """Read up to ``want`` bytes (fewer only at EOF); reads one byte past a size hint."""
+    parts: list[bytes] = []
+    got = 0
+    target = want + 1 if want < WINDOW else want
+    while got < target:
+        b = os.read(fd, target - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    if got > want and want < WINDOW:
+        # The file grew past its stat size: keep reading so nothing is cut off.
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            parts.append(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -1,0 +1,390 @@
+"""Format layer: pure encode/decode of every repository object. No I/O.
+
+Objects and their layouts (all integers little-endian; version 1):
+
+Repository config (``config/config``), JSON::
+
+    {"format": "snapdeck-repository", "version": 1, "id": hex16, "created": iso8601,
+     "chunker": {"min": int, "avg": int, "max": int, "seed": int},
+     "compression": {"algorithm": "zstd", "level": int}, "id_key": hex32}
+
+Stored blob (inside a pack): one flag byte then the payload.
+    0x00 raw plaintext, 0x01 zstd frame of the plaintext.
+    The blob id is the keyed BLAKE3 of the plaintext; readers re-hash and compare.
+
+Pack (``data/<id>``), id = BLAKE3 of the whole pack::
+
+    blob_0 … blob_n-1 | header | trailer
+    header  = n × ENTRY  (type u8, id 32B, offset u64, length u32, raw_length u32)
+    trailer = header_length u32 | b"SDPK" | version u8         (9 bytes)
+
+Index segment (``index/<id>``), id = BLAKE3 of the segment::
+
+    b"SDIX" | version u8 | zstd( pack_count u32 | per pack: pack id 32B | n u32 | n × ENTRY )
+
+Tree blob (type TREE): msgpack ``{"v": 1, "e": [entry, …]}``, entries sorted by name bytes, each a
+list ``[name, kind, mode, uid, gid, mtime_ns, size, payload, ino, ctime_ns, nlink, extra]``:
+payload is the list of blob ids (file), the subtree id (dir), the link target (symlink), rdev
+(devices) or None; extra is None or a dict (``xattrs``, ``dev`` for hardlinked files).
+
+Snapshot (``snapshots/<id>``), id = BLAKE3 of the JSON bytes: see ``Snapshot`` in model.py.
+
+Any object of a newer version raises ``UnsupportedFormat``; anything malformed raises
+``IntegrityError`` naming the object.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgpack
+import zstandard
+
+from backend.errors import IntegrityError, UnsupportedFormat
+from backend.ids import BlobId, PackId
+from backend.model import Entry, EntryKind, Snapshot, SnapshotStats, Tree
+
+FORMAT_VERSION = 1
+REPO_FORMAT = "snapdeck-repository"
+
+BLOB_DATA = 0
+BLOB_TREE = 1
+
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+
+PACK_MAGIC = b"SDPK"
+INDEX_MAGIC = b"SDIX"
+ENTRY = struct.Struct("<B32sQII")
+TRAILER = struct.Struct("<I4sB")
+U32 = struct.Struct("<I")
+
+
+# ---------------------------------------------------------------- repository config
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerParams:
+    """Content-defined chunking parameters, fixed for a repository's life."""
+
+    min_size: int = 256 * 1024
+    avg_size: int = 1024 * 1024
+    max_size: int = 4 * 1024 * 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RepoConfig:
+    """The repository's immutable configuration."""
+
+    id: str
+    created: str
+    chunker: ChunkerParams
+    compression_level: int
+    id_key: bytes
+    version: int = FORMAT_VERSION
+
+
+def encode_config(cfg: RepoConfig) -> bytes:
+    """Serialise a repository config."""
+    doc = {
+        "format": REPO_FORMAT,
+        "version": cfg.version,
+        "id": cfg.id,
+        "created": cfg.created,
+        "chunker": {
+            "min": cfg.chunker.min_size,
+            "avg": cfg.chunker.avg_size,
+            "max": cfg.chunker.max_size,
+            "seed": cfg.chunker.seed,
+        },
+        "compression": {"algorithm": "zstd", "level": cfg.compression_level},
+        "id_key": cfg.id_key.hex(),
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def decode_config(data: bytes) -> RepoConfig:
+    """Parse a repository config; refuses unknown formats and newer versions."""
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != REPO_FORMAT:
+            raise ValueError("not a snapdeck repository config")
+        version = int(doc["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"repository config is unreadable: {exc}") from None
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(
+            f"repository format version {version} is newer than this snapdeck supports "
+            f"({FORMAT_VERSION}); upgrade snapdeck"
+        )
+    try:
+        ch = doc["chunker"]
+        comp = doc["compression"]
+        if comp.get("algorithm") != "zstd":
+            raise UnsupportedFormat(f"unknown compression {comp.get('algorithm')!r}")
+        return RepoConfig(
+            id=str(doc["id"]),
+            created=str(doc["created"]),
+            chunker=ChunkerParams(int(ch["min"]), int(ch["avg"]), int(ch["max"]), int(ch["seed"])),
+            compression_level=int(comp["level"]),
+            id_key=bytes.fromhex(doc["id_key"]),
+            version=version,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"repository config is malformed: {exc}") from None
+
+
+# ---------------------------------------------------------------- blobs
+
+
+def encode_blob(plain: bytes | memoryview, cctx: zstandard.ZstdCompressor | None) -> bytes:
+    """Compress a blob when that saves space; returns the stored bytes (flag + payload)."""
+    if cctx is not None and len(plain) >= 64:
+        comp = cctx.compress(plain)
+        if len(comp) < len(plain) - 16:
+            return b"\x01" + comp
+    return b"\x00" + bytes(plain)
+
+
+def decode_blob(stored: bytes, raw_length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
+    """The plaintext of a stored blob (not yet checked against its id)."""
+    if not stored:
+        raise IntegrityError("empty stored blob")
+    flag = stored[0]
+    if flag == FLAG_RAW:
+        return stored[1:]
+    if flag == FLAG_ZSTD:
+        try:
+            return dctx.decompress(stored[1:], max_output_size=max(raw_length, 1))
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"corrupt compressed blob: {exc}") from None
+    raise IntegrityError(f"unknown blob flag {flag}")
+
+
+# ---------------------------------------------------------------- packs
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """Where one blob sits inside a pack."""
+
+    type: int
+    id: BlobId
+    offset: int
+    length: int
+    raw_length: int
+
+
+def encode_pack_trailer(entries: Sequence[PackEntry]) -> bytes:
+    """The header and trailer appended after a pack's blobs."""
+    header = b"".join(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+    return header + TRAILER.pack(len(header), PACK_MAGIC, FORMAT_VERSION)
+
+
+def decode_pack_trailer(tail: bytes, pack_size: int) -> int:
+    """Validate the 9-byte trailer; return the header length."""
+    if len(tail) != TRAILER.size:
+        raise IntegrityError("pack too short for a trailer")
+    hlen, magic, version = TRAILER.unpack(tail)
+    if magic != PACK_MAGIC:
+        raise IntegrityError("not a snapdeck pack (bad magic)")
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"pack format version {version} is newer than supported")
+    if hlen % ENTRY.size or hlen + TRAILER.size > pack_size:
+        raise IntegrityError("pack header length is invalid")
+    return int(hlen)
+
+
+def decode_pack_header(header: bytes, data_size: int) -> list[PackEntry]:
+    """Parse a pack header; ``data_size`` bounds every entry."""
+    out: list[PackEntry] = []
+    for t, bid, off, ln, raw in ENTRY.iter_unpack(header):
+        if off + ln > data_size or t not in (BLOB_DATA, BLOB_TREE):
+            raise IntegrityError("pack header entry out of bounds")
+        out.append(PackEntry(t, BlobId(bid), off, ln, raw))
+    return out
+
+
+def split_pack(data: bytes) -> list[PackEntry]:
+    """Parse the header of a whole pack held in memory."""
+    hlen = decode_pack_trailer(data[-TRAILER.size :], len(data))
+    end = len(data) - TRAILER.size
+    return decode_pack_header(data[end - hlen : end], end - hlen)
+
+
+# ---------------------------------------------------------------- index segments
+
+
+def encode_index(packs: Iterable[tuple[PackId, Sequence[PackEntry]]]) -> bytes:
+    """Serialise an index segment covering the given packs."""
+    parts: list[bytes] = []
+    count = 0
+    for pack_id, entries in packs:
+        count += 1
+        parts.append(bytes.fromhex(pack_id))
+        parts.append(U32.pack(len(entries)))
+        parts.extend(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+    body = U32.pack(count) + b"".join(parts)
+    return INDEX_MAGIC + bytes([FORMAT_VERSION]) + zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def decode_index(data: bytes) -> Iterator[tuple[PackId, list[PackEntry]]]:
+    """Parse an index segment into (pack id, entries) pairs."""
+    if len(data) < 5 or data[:4] != INDEX_MAGIC:
+        raise IntegrityError("not a snapdeck index segment")
+    if data[4] > FORMAT_VERSION:
+        raise UnsupportedFormat(f"index format version {data[4]} is newer than supported")
+    try:
+        body = zstandard.ZstdDecompressor().decompress(data[5:])
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt index segment: {exc}") from None
+    try:
+        (count,) = U32.unpack_from(body, 0)
+        pos = 4
+        for _ in range(count):
+            pid = PackId(body[pos : pos + 32].hex())
+            (n,) = U32.unpack_from(body, pos + 32)
+            pos += 36
+            end = pos + n * ENTRY.size
+            if end > len(body):
+                raise IntegrityError("index segment truncated")
+            entries = [
+                PackEntry(t, BlobId(bid), off, ln, raw)
+                for t, bid, off, ln, raw in ENTRY.iter_unpack(body[pos:end])
+            ]
+            pos = end
+            yield pid, entries
+    except struct.error as exc:
+        raise IntegrityError(f"index segment truncated: {exc}") from None
+
+
+# ---------------------------------------------------------------- trees
+
+
+def encode_tree(tree: Tree) -> bytes:
+    """Serialise a tree deterministically (same entries, same bytes, same id)."""
+    rows = [
+        [
+            e.name,
+            e.kind.value,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.mtime_ns,
+            e.size,
+            list(e.content) if e.kind is EntryKind.FILE else e.payload,
+            e.ino,
+            e.ctime_ns,
+            e.nlink,
+            dict(sorted(e.extra.items())) if e.extra else None,
+        ]
+        for e in tree.entries
+    ]
+    return msgpack.packb({"v": FORMAT_VERSION, "e": rows}, use_bin_type=True)
+
+
+_KINDS = {k.value: k for k in EntryKind}
+
+
+def decode_tree(data: bytes) -> Tree:
+    """Parse a tree blob; validates entry names (sorted, unique, no '/', NUL, '.', '..')."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        version = doc["v"]
+        rows = doc["e"]
+    except Exception as exc:
+        raise IntegrityError(f"tree is unreadable: {exc}") from None
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"tree format version {version} is newer than supported")
+    entries: list[Entry] = []
+    prev = b""
+    try:
+        for r in rows:
+            name = r[0]
+            if not isinstance(name, bytes):
+                raise IntegrityError("tree entry name is not bytes")
+            if entries and name <= prev:
+                raise IntegrityError("tree entries are not sorted and unique")
+            prev = name
+            kind = _KINDS[r[1]]
+            payload: Any = r[7]
+            content: tuple[BlobId, ...] = ()
+            if kind is EntryKind.FILE:
+                content = tuple(payload or ())
+                payload = None
+            entries.append(
+                Entry(
+                    name=name,
+                    kind=kind,
+                    mode=int(r[2]),
+                    uid=int(r[3]),
+                    gid=int(r[4]),
+                    mtime_ns=int(r[5]),
+                    size=int(r[6]),
+                    content=content,
+                    payload=payload,
+                    ino=int(r[8]),
+                    ctime_ns=int(r[9]),
+                    nlink=int(r[10]),
+                    extra=r[11] or None,
+                )
+            )
+    except IntegrityError:
+        raise
+    except Exception as exc:
+        raise IntegrityError(f"tree entry is malformed: {exc}") from None
+    return Tree(tuple(entries))
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    """Serialise a snapshot object (JSON; names as surrogate-escaped strings)."""
+    doc = {
+        "v": FORMAT_VERSION,
+        "time": s.time.isoformat(),
+        "host": s.host,
+        "source": s.source,
+        "tree": s.tree,
+        "parent": s.parent,
+        "tags": list(s.tags),
+        "message": s.message,
+        "author": s.author,
+        "trigger": s.trigger,
+        "stats": s.stats.to_dict(),
+    }
+    return json.dumps(doc, sort_keys=True, ensure_ascii=True).encode()
+
+
+def decode_snapshot(snap_id: str, data: bytes) -> Snapshot:
+    """Parse a snapshot object."""
+    try:
+        doc = json.loads(data)
+        version = int(doc["v"])
+    except Exception as exc:
+        raise IntegrityError(f"snapshot {snap_id[:8]} is unreadable: {exc}") from None
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"snapshot {snap_id[:8]} has a newer format ({version})")
+    try:
+        return Snapshot(
+            id=snap_id,
+            time=datetime.fromisoformat(doc["time"]),
+            host=str(doc["host"]),
+            source=str(doc["source"]),
+            tree=str(doc["tree"]),
+            parent=doc.get("parent"),
+            tags=tuple(doc.get("tags", ())),
+            message=str(doc.get("message", "")),
+            author=str(doc.get("author", "")),
+            trigger=str(doc.get("trigger", "manual")),
+            stats=SnapshotStats.from_dict(doc.get("stats", {})),
+        )
+    except Exception as exc:
+        raise IntegrityError(f"snapshot {snap_id[:8]} is malformed: {exc}") from None

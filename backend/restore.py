@@ -1,0 +1,646 @@
+"""Operation: restore a snapshot's tree to a directory, a ZIP file, or one file's bytes.
+
+Safety invariants (a snapshot may be hostile):
+- Every name is checked: no '/', no NUL, not '', '.' or '..'; trees must be sorted and unique.
+- Everything is created relative to directory file descriptors opened with O_NOFOLLOW, so a
+  symlink inside the target (pre-existing or restored) is never followed. Restored symlinks are
+  created last, after every file and directory, so nothing is written through them.
+- Files are written to a temporary name, verified (each blob is re-hashed on read), then
+  renamed over the final name: a reader never sees a half-restored file.
+- setuid/setgid bits are stripped unless ``keep_setuid``; devices are only created as root with
+  ``devices=True``; FIFOs are created, never opened; sockets are skipped.
+- Hardlinks are only made between files restored by this run.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+import threading
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO
+
+from backend.errors import PathNotFound, StoreError, UnsafeRestore, UsageError
+from backend.ids import BlobId
+from backend.model import Entry, EntryKind, Problem, RestoreResult, Tree
+from backend.progress import NullProgress, Progress, check_cancel
+from backend.repository import Repository, default_threads
+from backend.snapshots import escape_path
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+OVERWRITE_MODES = ("always", "if-changed", "never")
+
+
+def check_name(name: bytes) -> None:
+    """Refuse names that could escape a directory."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise UnsafeRestore(f"refusing unsafe name {escape_path(name)!r} in snapshot")
+
+
+def split_path(path: str | bytes) -> list[bytes]:
+    """A snapshot-relative path as checked components ('' or '/' is the root)."""
+    b = os.fsencode(path) if isinstance(path, str) else path
+    parts = [p for p in b.split(b"/") if p and p != b"."]
+    for p in parts:
+        if p == b"..":
+            raise UsageError(f"path {escape_path(b)!r} must not contain '..'")
+    return parts
+
+
+def walk_to(
+    repo_load: Callable[[BlobId], Tree], root: BlobId, parts: Sequence[bytes]
+) -> Entry | None:
+    """The entry at ``parts`` below the root tree (None for the root itself)."""
+    tree = repo_load(root)
+    entry: Entry | None = None
+    for i, p in enumerate(parts):
+        entry = tree.find(p)
+        if entry is None:
+            raise PathNotFound(f"{escape_path(b'/'.join(parts))} is not in the snapshot")
+        if i < len(parts) - 1:
+            if entry.kind is not EntryKind.DIR:
+                raise PathNotFound(f"{escape_path(b'/'.join(parts[: i + 1]))} is not a directory")
+            tree = repo_load(BlobId(entry.payload))
+    return entry
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A flattened restore: work items in tree order."""
+
+    dirs: list[tuple[bytes, Entry | None]] = field(default_factory=list)
+    files: list[tuple[bytes, Entry]] = field(default_factory=list)
+    links: list[tuple[bytes, Entry]] = field(default_factory=list)
+    specials: list[tuple[bytes, Entry]] = field(default_factory=list)
+    wanted: dict[bytes, set[bytes]] = field(default_factory=dict)
+
+
+def _include_filter(includes: Sequence[str]) -> list[list[bytes]]:
+    return [split_path(i) for i in includes]
+
+
+def _selected(rel_parts: list[bytes], includes: list[list[bytes]]) -> tuple[bool, bool]:
+    """(fully included, on the way to an include)."""
+    if not includes:
+        return True, False
+    for inc in includes:
+        n = min(len(inc), len(rel_parts))
+        if inc[:n] == rel_parts[:n]:
+            if len(rel_parts) >= len(inc):
+                return True, False
+            return False, True
+    return False, False
+
+
+def _flatten(load: Callable[[BlobId], Tree], root: BlobId, includes: list[list[bytes]]) -> _Plan:
+    plan = _Plan()
+
+    def visit(tree_id: BlobId, rel: bytes, parts: list[bytes], whole: bool) -> None:
+        tree = load(tree_id)
+        names: set[bytes] = set()
+        for e in tree.entries:
+            check_name(e.name)
+            cparts = [*parts, e.name]
+            full, partial = (True, False) if whole else _selected(cparts, includes)
+            if not full and not partial:
+                continue
+            names.add(e.name)
+            crel = rel + b"/" + e.name if rel else e.name
+            if e.kind is EntryKind.DIR:
+                plan.dirs.append((crel, e))
+                visit(BlobId(e.payload), crel, cparts, full)
+            elif not full:
+                continue
+            elif e.kind is EntryKind.FILE:
+                plan.files.append((crel, e))
+            elif e.kind is EntryKind.SYMLINK:
+                plan.links.append((crel, e))
+            else:
+                plan.specials.append((crel, e))
+        plan.wanted[rel] = names
+
+    plan.dirs.append((b"", None))
+    visit(root, b"", [], not includes)
+    return plan
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def open_dir_chain(root_fd: int, rel: bytes) -> int:
+    """Open ``rel`` below ``root_fd`` one component at a time, never following a symlink."""
+    fd = os.dup(root_fd)
+    for comp in (p for p in rel.split(b"/") if p):
+        try:
+            nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = nfd
+    return fd
+
+
+class _DirFds:
+    """Directory fds by relative path for the main thread, opened without following symlinks."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._fds: dict[bytes, int] = {b"": root_fd}
+
+    def get(self, rel: bytes) -> int:
+        fd = self._fds.get(rel)
+        if fd is not None:
+            return fd
+        if len(self._fds) > 256:
+            self.close()
+        parent, _, name = rel.rpartition(b"/")
+        pfd = self.get(parent)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        self._fds[rel] = fd
+        return fd
+
+    def close(self) -> None:
+        for k, fd in self._fds.items():
+            if k != b"":
+                os.close(fd)
+        self._fds = {b"": self.root_fd}
+
+
+def restore_tree(
+    repo: Repository,
+    root: BlobId,
+    target: str | os.PathLike[str],
+    *,
+    includes: Sequence[str] = (),
+    dry_run: bool = False,
+    overwrite: str = "always",
+    delete: bool = False,
+    keep_setuid: bool = False,
+    devices: bool = False,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    threads: int = 0,
+) -> RestoreResult:
+    """Restore the tree ``root`` into the directory ``target`` (created if missing).
+
+    Args:
+        repo: the open repository.
+        root: the root tree id of the snapshot.
+        target: the directory that becomes equal to the snapshot (within ``includes``).
+        includes: snapshot-relative paths to restore (default: everything).
+        dry_run: plan only; ``actions`` lists what would happen.
+        overwrite: ``always`` rewrite existing files, ``if-changed`` only those whose content
+            differs, ``never`` leave existing files alone.
+        delete: remove files in the target that the snapshot does not have.
+        keep_setuid: keep setuid/setgid bits.
+        devices: create device nodes (root only).
+        progress: one ``advance`` per file.
+        cancel: stop between files.
+        threads: writer threads (0: one per core).
+    """
+    if overwrite not in OVERWRITE_MODES:
+        raise UsageError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
+    progress = progress or NullProgress()
+    incl = _include_filter(includes)
+    plan = _flatten(repo.load_tree, root, incl)
+    total = len(plan.files)
+    progress.start(total, "restore")
+    btarget = os.fsencode(os.path.abspath(target))
+    if dry_run:
+        return _dry_run(plan, btarget, overwrite, delete, repo)
+    os.makedirs(btarget, exist_ok=True)
+    root_fd = os.open(btarget, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds = _DirFds(root_fd)
+    problems: list[Problem] = []
+    plock = threading.Lock()
+    counts = {"files": 0, "skipped": 0, "bytes": 0, "dirs": 0, "links": 0, "deleted": 0}
+
+    def problem(rel: bytes, msg: str) -> None:
+        with plock:
+            problems.append(Problem(escape_path(rel), msg))
+
+    try:
+        # 1. directories, top-down (never through a symlink)
+        for rel, _e in plan.dirs:
+            if rel == b"":
+                continue
+            check_cancel(cancel)
+            try:
+                _make_dir(fds, rel)
+                counts["dirs"] += 1
+            except OSError as exc:
+                problem(rel, f"cannot create directory: {exc.strerror}")
+        # 2. optional delete of extras
+        if delete:
+            for rel, names in plan.wanted.items():
+                try:
+                    dfd = fds.get(rel)
+                except OSError:
+                    continue
+                for extra in _listdir_bytes(dfd):
+                    if extra not in names and not extra.startswith(b".snapdeck-tmp-"):
+                        _remove_any(dfd, extra)
+                        counts["deleted"] += 1
+        # 3. files, in parallel; each job owns a batch of one directory and its own dir fd
+        hard_first: dict[tuple[int, int], bytes] = {}
+        hard_rest: list[tuple[bytes, Entry, tuple[int, int]]] = []
+        batches: list[tuple[bytes, list[tuple[bytes, Entry]]]] = []
+        for rel, e in plan.files:
+            if e.nlink > 1 and e.extra and "dev" in e.extra:
+                key = (int(e.extra["dev"]), e.ino)
+                if key in hard_first:
+                    hard_rest.append((rel, e, key))
+                    continue
+                hard_first[key] = rel
+            parent, _, name = rel.rpartition(b"/")
+            if batches and batches[-1][0] == parent and len(batches[-1][1]) < 64:
+                batches[-1][1].append((name, e))
+            else:
+                batches.append((parent, [(name, e)]))
+
+        def write_batch(parent: bytes, items: list[tuple[bytes, Entry]]) -> None:
+            try:
+                dfd = open_dir_chain(root_fd, parent)
+            except OSError as exc:
+                for name, _e in items:
+                    problem(_join(parent, name), f"cannot open directory: {exc.strerror}")
+                return
+            try:
+                for name, e in items:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    try:
+                        wrote = _write_file(repo, dfd, name, e, overwrite, keep_setuid)
+                        with plock:
+                            if wrote:
+                                counts["files"] += 1
+                                counts["bytes"] += e.size
+                            else:
+                                counts["skipped"] += 1
+                    except StoreError as exc:
+                        problem(_join(parent, name), str(exc))
+                    except OSError as exc:
+                        problem(_join(parent, name), exc.strerror or str(exc))
+                    progress.advance(1)
+            finally:
+                os.close(dfd)
+
+        n_threads = threads or default_threads() + 1
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="restore") as pool:
+            futs: list[Future[None]] = []
+            for parent, items in batches:
+                futs.append(pool.submit(write_batch, parent, items))
+                if len(futs) > 1024:
+                    for f in futs:
+                        f.result()
+                    futs = []
+                    check_cancel(cancel)
+            for f in futs:
+                f.result()
+        check_cancel(cancel)
+        for rel, _e, key in hard_rest:
+            src = hard_first[key]
+            sparent, _, sname = src.rpartition(b"/")
+            dparent, _, dname = rel.rpartition(b"/")
+            try:
+                sfd = open_dir_chain(root_fd, sparent)
+                try:
+                    dfd = open_dir_chain(root_fd, dparent)
+                    try:
+                        _unlink_if_exists(dfd, dname)
+                        os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                    finally:
+                        os.close(dfd)
+                finally:
+                    os.close(sfd)
+                counts["files"] += 1
+            except OSError as exc:
+                problem(rel, f"cannot hardlink: {exc.strerror}")
+        # 4. special files
+        for rel, e in plan.specials:
+            sparent, _, sname = rel.rpartition(b"/")
+            try:
+                _make_special(fds.get(sparent), sname, e, devices)
+            except (OSError, StoreError) as exc:
+                problem(rel, str(exc) if isinstance(exc, StoreError) else exc.strerror or "")
+        # 5. symlinks last: nothing is ever written through them
+        for rel, e in plan.links:
+            lparent, _, lname = rel.rpartition(b"/")
+            try:
+                _replace_with_symlink(fds.get(lparent), lname, e)
+                counts["links"] += 1
+            except OSError as exc:
+                problem(rel, f"cannot create symlink: {exc.strerror}")
+        # 6. directory metadata bottom-up (mtime would change as children are written)
+        for rel, de in reversed(plan.dirs):
+            if de is None:
+                continue
+            try:
+                fd = fds.get(rel)
+                mode = de.mode if keep_setuid else de.mode & ~(stat.S_ISUID | stat.S_ISGID)
+                os.chmod(fd, mode)
+                _chown(fd, de)
+                os.utime(fd, ns=(de.mtime_ns, de.mtime_ns))
+            except OSError as exc:
+                problem(rel, f"cannot set directory metadata: {exc.strerror}")
+    finally:
+        fds.close()
+        os.close(root_fd)
+    return RestoreResult(
+        files_restored=counts["files"],
+        dirs_restored=counts["dirs"],
+        links_restored=counts["links"],
+        files_skipped=counts["skipped"],
+        files_deleted=counts["deleted"],
+        bytes_written=counts["bytes"],
+        problems=tuple(problems),
+    )
+
+
+def _dry_run(
+    plan: _Plan, btarget: bytes, overwrite: str, delete: bool, repo: Repository
+) -> RestoreResult:
+    actions: list[tuple[str, str]] = []
+    skipped = written = 0
+    for rel, _e in plan.dirs:
+        if rel and not os.path.isdir(os.path.join(btarget, rel)):
+            actions.append(("mkdir", escape_path(rel)))
+    for rel, e in plan.files:
+        path = os.path.join(btarget, rel)
+        exists = os.path.lexists(path)
+        if (exists and overwrite == "never") or (
+            exists and overwrite == "if-changed" and _same_content(repo, path, e)
+        ):
+            actions.append(("skip", escape_path(rel)))
+            skipped += 1
+        else:
+            actions.append(("write", escape_path(rel)))
+            written += 1
+    for rel, _e in plan.links:
+        actions.append(("link", escape_path(rel)))
+    if delete:
+        for rel, names in plan.wanted.items():
+            d = os.path.join(btarget, rel) if rel else btarget
+            try:
+                for name in sorted(os.listdir(d)):
+                    if name not in names:
+                        actions.append(("delete", escape_path(rel + b"/" + name if rel else name)))
+            except OSError:
+                pass
+    return RestoreResult(
+        files_restored=written,
+        files_skipped=skipped,
+        dry_run=True,
+        actions=tuple(actions),
+    )
+
+
+def _make_dir(fds: _DirFds, rel: bytes) -> None:
+    parent, _, name = rel.rpartition(b"/")
+    pfd = fds.get(parent)
+    try:
+        os.mkdir(name, 0o700, dir_fd=pfd)
+    except FileExistsError:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            # A file or a symlink where the snapshot has a directory: replace the link itself.
+            os.unlink(name, dir_fd=pfd)
+            os.mkdir(name, 0o700, dir_fd=pfd)
+
+
+def _unlink_if_exists(dfd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        _remove_any(dfd, name)
+
+
+def _listdir_bytes(fd: int) -> list[bytes]:
+    """Names in a directory fd as bytes (``os.listdir(fd)`` returns str)."""
+    return [os.fsencode(n) for n in os.listdir(fd)]
+
+
+def _remove_any(dfd: int, name: bytes) -> None:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        try:
+            for child in _listdir_bytes(fd):
+                _remove_any(fd, child)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dfd)
+    else:
+        os.unlink(name, dir_fd=dfd)
+
+
+def _chown(fd: int, e: Entry) -> None:
+    if _IS_ROOT:
+        try:
+            os.fchown(fd, e.uid, e.gid)
+        except OSError:
+            pass
+
+
+def _same_content(repo: Repository, path: bytes, e: Entry, dfd: int | None = None) -> bool:
+    """Whether the existing file at ``path`` holds exactly the entry's content."""
+    from backend.chunking import chunk_fd
+
+    try:
+        if dfd is not None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
+            return False
+        ids = tuple(repo.hash_blob(c) for c in chunk_fd(fd, repo.config.chunker, st.st_size))
+        return ids == e.content
+    finally:
+        os.close(fd)
+
+
+def _write_file(
+    repo: Repository, dfd: int, name: bytes, e: Entry, overwrite: str, keep_setuid: bool
+) -> bool:
+    if overwrite != "always":
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if overwrite == "never":
+                return False
+            if stat.S_ISREG(st.st_mode) and _same_content(repo, name, e, dfd):
+                _set_file_meta_path(dfd, name, e, keep_setuid)
+                return False
+    tmp = b".snapdeck-tmp-" + secrets.token_hex(6).encode()
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dfd,
+    )
+    try:
+        written = 0
+        for bid in e.content:
+            data = repo.read_blob(bid)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            written += len(data)
+        if written != e.size:
+            raise StoreError(f"restored size {written} differs from recorded size {e.size}")
+        mode = e.mode if keep_setuid else e.mode & ~(stat.S_ISUID | stat.S_ISGID)
+        os.fchmod(fd, mode)
+        _chown(fd, e)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        _set_xattrs_fd(fd, e)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except IsADirectoryError:
+        _remove_any(dfd, name)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            _remove_any(dfd, name)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        else:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+    return True
+
+
+def _set_file_meta_path(dfd: int, name: bytes, e: Entry, keep_setuid: bool) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        mode = e.mode if keep_setuid else e.mode & ~(stat.S_ISUID | stat.S_ISGID)
+        os.fchmod(fd, mode)
+        _chown(fd, e)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _set_xattrs_fd(fd: int, e: Entry) -> None:
+    if not e.extra or "xattrs" not in e.extra:
+        return
+    for k, v in e.extra["xattrs"].items():
+        try:
+            os.setxattr(fd, k, v)
+        except OSError:
+            pass
+
+
+def _replace_with_symlink(dfd: int, name: bytes, e: Entry) -> None:
+    target = e.payload if isinstance(e.payload, bytes) else os.fsencode(str(e.payload))
+    tmp = b".snapdeck-tmp-" + secrets.token_hex(6).encode()
+    os.symlink(target, tmp, dir_fd=dfd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            _remove_any(dfd, name)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        else:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+    try:
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        pass
+
+
+def _make_special(dfd: int, name: bytes, e: Entry, devices: bool) -> None:
+    mode = e.mode & ~(stat.S_ISUID | stat.S_ISGID)
+    if e.kind is EntryKind.FIFO:
+        _unlink_if_exists(dfd, name)
+        os.mkfifo(name, mode, dir_fd=dfd)
+    elif e.kind in (EntryKind.CHARDEV, EntryKind.BLOCKDEV):
+        if not (devices and _IS_ROOT):
+            raise StoreError("device node skipped (needs root and --devices)")
+        _unlink_if_exists(dfd, name)
+        kind = stat.S_IFCHR if e.kind is EntryKind.CHARDEV else stat.S_IFBLK
+        os.mknod(name, mode | kind, int(e.payload or 0), dir_fd=dfd)
+    else:
+        return  # sockets cannot be restored meaningfully
+    os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+
+
+# ------------------------------------------------------------------ zip and single files
+
+
+def iter_file(repo: Repository, e: Entry) -> Iterator[bytes]:
+    """The verified content of a file entry, blob by blob."""
+    for bid in e.content:
+        yield repo.read_blob(bid)
+
+
+def restore_zip(
+    repo: Repository,
+    root: BlobId,
+    out: IO[bytes],
+    *,
+    includes: Sequence[str] = (),
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> RestoreResult:
+    """Write the snapshot (or the included paths) as a ZIP archive to ``out``."""
+    progress = progress or NullProgress()
+    plan = _flatten(repo.load_tree, root, _include_filter(includes))
+    progress.start(len(plan.files), "zip")
+    files = bytes_total = 0
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for rel, e in plan.dirs:
+            if e is None:
+                continue
+            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape") + "/", _zip_time(e))
+            zi.external_attr = (stat.S_IFDIR | (e.mode & 0o777)) << 16 | 0x10
+            zf.writestr(zi, b"")
+        for rel, e in plan.files:
+            check_cancel(cancel)
+            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape"), _zip_time(e))
+            zi.external_attr = (stat.S_IFREG | (e.mode & 0o777)) << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(zi, "w", force_zip64=e.size > 2**31) as w:
+                for chunk in iter_file(repo, e):
+                    w.write(chunk)
+            files += 1
+            bytes_total += e.size
+            progress.advance(1)
+        for rel, e in plan.links:
+            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape"), _zip_time(e))
+            zi.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(zi, e.payload if isinstance(e.payload, bytes) else b"")
+    return RestoreResult(files_restored=files, bytes_written=bytes_total)
+
+
+def _zip_time(e: Entry) -> tuple[int, int, int, int, int, int]:
+    t = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC)
+    if t.year < 1980:
+        return (1980, 1, 1, 0, 0, 0)
+    return (t.year, t.month, t.day, t.hour, t.minute, t.second)

@@ -1,0 +1,679 @@
+"""Operation: create a snapshot of a source directory.
+
+Pipeline: scan (os.scandir + lstat, main thread) → for entries whose size, mtime_ns, ctime_ns
+and inode equal the parent snapshot's, reuse the parent's blob list without reading → otherwise
+read → FastCDC → keyed BLAKE3 → dedup → zstd → pack writer, in a thread pool (the GIL is released
+while reading, hashing and compressing, so both cores work). Directories are finalised into
+tree blobs in post-order as their files complete; an unchanged directory yields the same tree
+id as before. Unreadable files are reported as problems and left out, never fatal. A file that
+changes while it is read is re-read (up to three times) and otherwise flagged.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from backend.chunking import chunk_fd
+from backend.clock import Clock, SystemClock
+from backend.errors import SourceError
+from backend.format import BLOB_DATA
+from backend.ids import BlobId
+from backend.model import Entry, EntryKind, Problem, Snapshot, SnapshotResult, SnapshotStats, Tree
+from backend.progress import NullProgress, Progress, check_cancel
+from backend.repository import PutResult, Repository, default_threads
+
+log = logging.getLogger(__name__)
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+MAX_INFLIGHT = 2048
+BIG_FILE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotOptions:
+    """What to record and how."""
+
+    tags: tuple[str, ...] = ()
+    message: str = ""
+    time: datetime | None = None
+    trigger: str = "manual"
+    excludes: tuple[str, ...] = ()
+    """gitignore-style patterns, relative to the source."""
+    exclude_caches: bool = True
+    """Skip directories holding a CACHEDIR.TAG."""
+    exclude_inodes: frozenset[tuple[int, int]] = frozenset()
+    """(st_dev, st_ino) of directories never to enter (the repository, the cache)."""
+    threads: int = 0
+    host: str = ""
+    author: str = ""
+
+
+@dataclass(slots=True)
+class _FileOut:
+    content: tuple[BlobId, ...] = ()
+    bytes_read: int = 0
+    bytes_added: int = 0
+    bytes_stored: int = 0
+    st: os.stat_result | None = None
+    error: str | None = None
+    unstable: bool = False
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A directory entry waiting for its content (a file being read or a subtree being built)."""
+
+    base: Entry
+    future: Future[_FileOut] | None = None
+    node: _DirNode | None = None
+    is_new: bool = False
+
+
+@dataclass(slots=True)
+class _DirNode:
+    rel: bytes
+    items: list[Entry | _Slot] = field(default_factory=list)
+    tree_id: BlobId | None = None
+
+
+@dataclass(slots=True)
+class _Counters:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    files_removed: int = 0
+    dirs: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    bytes_stored: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+
+
+class TreeSink:
+    """Where blobs and trees go: the repository, or (dry run) only hashes kept in memory."""
+
+    def __init__(self, repo: Repository, dry_run: bool = False) -> None:
+        self.repo = repo
+        self.dry_run = dry_run
+        self._trees: dict[bytes, Tree] = {}
+        self._lock = threading.Lock()
+
+    def put_blob(self, blob_type: int, blob_id: BlobId, plain: bytes | memoryview) -> PutResult:
+        """Store (or, dry, only account for) a blob."""
+        if self.dry_run:
+            return PutResult(not self.repo.has_blob(blob_id), 0)
+        return self.repo.put_blob(blob_type, blob_id, plain)
+
+    def save_tree(self, tree: Tree) -> tuple[BlobId, PutResult]:
+        """Store a tree; in a dry run keep it in memory so a diff can read it back."""
+        if self.dry_run:
+            from backend.format import encode_tree
+
+            tid = self.repo.hash_blob(encode_tree(tree))
+            with self._lock:
+                self._trees[tid] = tree
+            return tid, PutResult(False, 0)
+        return self.repo.save_tree(tree)
+
+    def load_tree(self, tree_id: BlobId) -> Tree:
+        """A tree from this run's memory or the repository."""
+        t = self._trees.get(tree_id)
+        return t if t is not None else self.repo.load_tree(tree_id)
+
+
+def _entry_from_stat(name: bytes, st: os.stat_result, kind: EntryKind) -> Entry:
+    return Entry(
+        name=name,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size if kind is EntryKind.FILE else 0,
+        ino=st.st_ino,
+        ctime_ns=st.st_ctime_ns,
+        nlink=st.st_nlink,
+    )
+
+
+def _kind_of(mode: int) -> EntryKind | None:
+    if stat.S_ISREG(mode):
+        return EntryKind.FILE
+    if stat.S_ISDIR(mode):
+        return EntryKind.DIR
+    if stat.S_ISLNK(mode):
+        return EntryKind.SYMLINK
+    if stat.S_ISFIFO(mode):
+        return EntryKind.FIFO
+    if stat.S_ISSOCK(mode):
+        return EntryKind.SOCKET
+    if stat.S_ISCHR(mode):
+        return EntryKind.CHARDEV
+    if stat.S_ISBLK(mode):
+        return EntryKind.BLOCKDEV
+    return None
+
+
+def _xattrs(path: bytes) -> dict[str, Any] | None:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if not names:
+        return None
+    out: dict[bytes, bytes] = {}
+    for n in names:
+        try:
+            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return {"xattrs": dict(sorted(out.items()))} if out else None
+
+
+class SnapshotRun:
+    """One snapshot run. Use ``create_snapshot``."""
+
+    def __init__(
+        self,
+        sink: TreeSink,
+        source: bytes,
+        parent_tree: BlobId | None,
+        options: SnapshotOptions,
+        progress: Progress,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.sink = sink
+        self.repo = sink.repo
+        self.source = source
+        self.parent_tree = parent_tree
+        self.opts = options
+        self.progress = progress
+        self.cancel = cancel
+        self.params = self.repo.config.chunker
+        self.c = _Counters()
+        self.clock_lock = threading.Lock()
+        self.problems: list[Problem] = []
+        self.hardlinks: dict[tuple[int, int], Future[_FileOut] | tuple[BlobId, ...]] = {}
+        threads = options.threads or default_threads()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="snap-read")
+        self.cpool = ThreadPoolExecutor(threads, thread_name_prefix="snap-zstd")
+        self.spec = (
+            pathspec.GitIgnoreSpec.from_lines(options.excludes) if options.excludes else None
+        )
+        self.inflight = 0
+        self.queue: collections.deque[_DirNode] = collections.deque()
+
+    # -------------------------------------------------------------- files (worker threads)
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> _FileOut:
+        out = _FileOut(st=st)
+        for attempt in range(3):
+            try:
+                fd = os.open(path, _READ_FLAGS | _O_NOATIME)
+            except PermissionError:
+                try:
+                    fd = os.open(path, _READ_FLAGS)
+                except OSError as exc:
+                    out.error = exc.strerror or str(exc)
+                    return out
+            except OSError as exc:
+                out.error = exc.strerror or str(exc)
+                return out
+            try:
+                content, read, added, stored = self._chunk_and_store(fd, st.st_size)
+                after = os.fstat(fd)
+            except OSError as exc:
+                out.error = exc.strerror or str(exc)
+                return out
+            finally:
+                os.close(fd)
+            out.content, out.bytes_read = content, out.bytes_read + read
+            out.bytes_added += added
+            out.bytes_stored += stored
+            stable = (
+                after.st_size == st.st_size
+                and after.st_mtime_ns == st.st_mtime_ns
+                and after.st_ctime_ns == st.st_ctime_ns
+                and read == after.st_size
+            )
+            out.st = after
+            if stable:
+                return out
+            log.info("changed while read (attempt %d): %r", attempt + 1, path)
+            st = after
+        out.unstable = True
+        return out
+
+    def _chunk_and_store(self, fd: int, size: int) -> tuple[tuple[BlobId, ...], int, int, int]:
+        ids: list[BlobId] = []
+        read = added = stored = 0
+        hash_blob = self.repo.hash_blob
+        if size < BIG_FILE:
+            for chunk in chunk_fd(fd, self.params, size):
+                bid = hash_blob(chunk)
+                ids.append(bid)
+                read += len(chunk)
+                res = self.sink.put_blob(BLOB_DATA, bid, chunk)
+                if res.new:
+                    added += len(chunk)
+                    stored += res.stored_length
+            return tuple(ids), read, added, stored
+        # Large file: compress chunks on the compression pool so one file uses every core.
+        futs: collections.deque[tuple[Future[PutResult], int]] = collections.deque()
+        limit = 2 * (self.opts.threads or default_threads()) + 2
+        for chunk in chunk_fd(fd, self.params, size):
+            check_cancel(self.cancel)
+            bid = hash_blob(chunk)
+            ids.append(bid)
+            read += len(chunk)
+            if self.repo.has_blob(bid) and not self.sink.dry_run:
+                continue
+            data = bytes(chunk)
+            futs.append((self.cpool.submit(self.sink.put_blob, BLOB_DATA, bid, data), len(data)))
+            while len(futs) >= limit:
+                f, n = futs.popleft()
+                res = f.result()
+                if res.new:
+                    added += n
+                    stored += res.stored_length
+        for f, n in futs:
+            res = f.result()
+            if res.new:
+                added += n
+                stored += res.stored_length
+        return tuple(ids), read, added, stored
+
+    # -------------------------------------------------------------- walking (main thread)
+
+    def run(self) -> BlobId:
+        try:
+            root = self._walk(self.source, b"", self.parent_tree)
+            self._drain(block=True, final=True)
+            assert root.tree_id is not None
+            return root.tree_id
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.cpool.shutdown(wait=True, cancel_futures=True)
+
+    def _excluded(self, rel: bytes, is_dir: bool) -> bool:
+        if self.spec is None:
+            return False
+        s = rel.decode("utf-8", "surrogateescape") + ("/" if is_dir else "")
+        return self.spec.match_file(s)
+
+    def _walk(self, path: bytes, rel: bytes, parent_id: BlobId | None) -> _DirNode:
+        check_cancel(self.cancel)
+        node = _DirNode(rel)
+        parent: Tree | None = None
+        if parent_id is not None:
+            try:
+                parent = self.sink.load_tree(parent_id)
+            except Exception as exc:  # a damaged parent only costs re-reading
+                log.warning("parent tree unreadable, rescanning %r: %s", rel, exc)
+        try:
+            with os.scandir(path) as it:
+                dirents = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            self.problems.append(Problem(_show(rel or b"."), exc.strerror or str(exc)))
+            dirents = []
+        seen: set[bytes] = set()
+        sep = b"/" if path != b"/" else b""
+        for de in dirents:
+            name: bytes = de.name
+            full = path + sep + name
+            crel = rel + b"/" + name if rel else name
+            try:
+                st = os.lstat(full)
+            except OSError as exc:
+                self.problems.append(Problem(_show(crel), exc.strerror or str(exc)))
+                continue
+            kind = _kind_of(st.st_mode)
+            if kind is None:
+                continue
+            if self._excluded(crel, kind is EntryKind.DIR):
+                continue
+            seen.add(name)
+            prev = parent.find(name) if parent is not None else None
+            if kind is EntryKind.FILE:
+                self._add_file(node, full, crel, name, st, prev)
+            elif kind is EntryKind.DIR:
+                if (st.st_dev, st.st_ino) in self.opts.exclude_inodes:
+                    continue
+                if self.opts.exclude_caches and _is_cache_dir(full):
+                    continue
+                prev_sub = prev.payload if prev is not None and prev.kind is EntryKind.DIR else None
+                child = self._walk(full, crel, BlobId(prev_sub) if prev_sub else None)
+                base = _entry_from_stat(name, st, EntryKind.DIR)
+                extra = (
+                    prev.extra
+                    if prev is not None and prev.ctime_ns == st.st_ctime_ns
+                    else _xattrs(full)
+                )
+                if extra:
+                    base = _replace_entry(base, extra=extra)
+                node.items.append(_Slot(base, node=child))
+                self.c.dirs += 1
+            else:
+                base = _entry_from_stat(name, st, kind)
+                payload: Any = None
+                if kind is EntryKind.SYMLINK:
+                    try:
+                        payload = os.readlink(full)
+                    except OSError as exc:
+                        self.problems.append(Problem(_show(crel), exc.strerror or str(exc)))
+                        continue
+                elif kind in (EntryKind.CHARDEV, EntryKind.BLOCKDEV):
+                    payload = st.st_rdev
+                extra = _xattrs(full) if kind is not EntryKind.SYMLINK else None
+                node.items.append(_replace_entry(base, payload=payload, extra=extra))
+        if parent is not None:
+            self._count_removed(parent, seen)
+        self.queue.append(node)
+        self._drain(block=self.inflight > MAX_INFLIGHT)
+        return node
+
+    def _add_file(
+        self,
+        node: _DirNode,
+        full: bytes,
+        crel: bytes,
+        name: bytes,
+        st: os.stat_result,
+        prev: Entry | None,
+    ) -> None:
+        c = self.c
+        c.total_files += 1
+        c.total_bytes += st.st_size
+        base = _entry_from_stat(name, st, EntryKind.FILE)
+        if (
+            prev is not None
+            and prev.kind is EntryKind.FILE
+            and prev.size == st.st_size
+            and prev.mtime_ns == st.st_mtime_ns
+            and prev.ctime_ns == st.st_ctime_ns
+            and prev.ino == st.st_ino
+            and (not prev.content or prev.content[0] in self.repo.index or self.sink.dry_run)
+        ):
+            c.files_unmodified += 1
+            ent = _replace_entry(base, content=prev.content, extra=prev.extra)
+            if st.st_nlink > 1:
+                self.hardlinks.setdefault((st.st_dev, st.st_ino), prev.content)
+            node.items.append(ent)
+            self.progress.advance(1)
+            return
+        is_new = prev is None or prev.kind is not EntryKind.FILE
+        extra = _xattrs(full)
+        if st.st_nlink > 1:
+            extra = dict(extra or {})
+            extra["dev"] = st.st_dev
+            key = (st.st_dev, st.st_ino)
+            known = self.hardlinks.get(key)
+            if known is not None:
+                base = _replace_entry(base, extra=extra)
+                if isinstance(known, tuple):
+                    node.items.append(_replace_entry(base, content=known))
+                else:
+                    self.inflight += 1
+                    node.items.append(_Slot(base, future=known, is_new=is_new))
+                return
+        if extra:
+            base = _replace_entry(base, extra=extra)
+        fut = self.pool.submit(self._read_file, full, st)
+        self.inflight += 1
+        if st.st_nlink > 1:
+            self.hardlinks[(st.st_dev, st.st_ino)] = fut
+        node.items.append(_Slot(base, future=fut, is_new=is_new))
+
+    def _count_removed(self, parent: Tree, seen: set[bytes]) -> None:
+        for e in parent.entries:
+            if e.name in seen:
+                continue
+            if e.kind is EntryKind.FILE:
+                self.c.files_removed += 1
+            elif e.kind is EntryKind.DIR and e.payload:
+                try:
+                    self._count_removed(self.sink.load_tree(BlobId(e.payload)), set())
+                except Exception:
+                    pass
+
+    def _drain(self, block: bool, final: bool = False) -> None:
+        """Finalise queued directories whose files are done, in post-order.
+
+        With ``block`` (too much in flight) it waits until half the work is done; with
+        ``final`` it finalises everything.
+        """
+        q = self.queue
+        while q:
+            if not final and not _ready(q[0]) and (not block or self.inflight <= MAX_INFLIGHT // 2):
+                return
+            self._finalize(q[0])
+            q.popleft()
+
+    def _finalize(self, node: _DirNode) -> None:
+        entries: list[Entry] = []
+        c = self.c
+        for item in node.items:
+            if isinstance(item, Entry):
+                entries.append(item)
+                continue
+            if item.node is not None:
+                assert item.node.tree_id is not None
+                entries.append(_replace_entry(item.base, payload=bytes(item.node.tree_id)))
+                continue
+            assert item.future is not None
+            out = item.future.result()
+            self.inflight -= 1
+            rel = node.rel + b"/" + item.base.name if node.rel else item.base.name
+            if out.error is not None:
+                self.problems.append(Problem(_show(rel), out.error))
+                c.total_files -= 1
+                c.total_bytes -= item.base.size
+                continue
+            if out.unstable:
+                self.problems.append(Problem(_show(rel), "file changed while being read"))
+            st = out.st
+            ent = item.base
+            if st is not None and (st.st_size != ent.size or st.st_mtime_ns != ent.mtime_ns):
+                c.total_bytes += st.st_size - ent.size
+                ent = _replace_entry(
+                    ent, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns
+                )
+            entries.append(_replace_entry(ent, content=out.content))
+            if item.is_new:
+                c.files_new += 1
+            else:
+                c.files_changed += 1
+            c.bytes_read += out.bytes_read
+            c.bytes_added += out.bytes_added
+            c.bytes_stored += out.bytes_stored
+            self.progress.advance(1)
+        tid, res = self.sink.save_tree(Tree(tuple(entries)))
+        if res.new:
+            c.bytes_stored += res.stored_length
+        node.tree_id = tid
+        node.items = []
+
+
+def _ready(node: _DirNode) -> bool:
+    for item in node.items:
+        if isinstance(item, _Slot) and item.future is not None and not item.future.done():
+            return False
+    return True
+
+
+def _replace_entry(e: Entry, **kw: Any) -> Entry:
+    d = {s: getattr(e, s) for s in Entry.__slots__}
+    d.update(kw)
+    return Entry(**d)
+
+
+def _is_cache_dir(path: bytes) -> bool:
+    try:
+        with open(path + b"/CACHEDIR.TAG", "rb") as f:
+            return f.read(43) == b"Signature: 8a477f597d28d172789f06886806bc55"
+    except OSError:
+        return False
+
+
+def _show(rel: bytes) -> str:
+    """A path for people: invalid UTF-8 and control characters escaped."""
+    return escape_path(rel)
+
+
+def escape_path(p: bytes | str) -> str:
+    """Render a path printable: non-UTF-8 bytes as \\xNN, control characters escaped."""
+    if isinstance(p, str):
+        p = p.encode("utf-8", "surrogateescape")
+    s = p.decode("utf-8", "backslashreplace")
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def create_snapshot(
+    repo: Repository,
+    source: str | os.PathLike[str],
+    *,
+    parent: Snapshot | None = None,
+    options: SnapshotOptions | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    clock: Clock | None = None,
+    save: Callable[[Snapshot], Snapshot] | None = None,
+) -> SnapshotResult:
+    """Snapshot a source directory into the repository.
+
+    Args:
+        repo: the open repository (the caller holds a shared lock).
+        source: the directory to snapshot.
+        parent: the previous snapshot of this source; unchanged files are not read again.
+        options: tags, message, time, trigger, excludes, threads.
+        progress: receives one ``advance`` per file.
+        cancel: set to stop; raises ``Cancelled`` and writes no snapshot.
+        clock: the time source for the snapshot time.
+        save: how to persist the snapshot object (defaults to ``repo.save_snapshot``).
+
+    Returns:
+        The snapshot and the problems met (unreadable files).
+
+    Raises:
+        SourceError: the source does not exist or is not a directory.
+    """
+    opts = options or SnapshotOptions()
+    progress = progress or NullProgress()
+    clock = clock or SystemClock()
+    src = Path(os.path.abspath(source))
+    bsrc = os.fsencode(src)
+    try:
+        st = os.stat(bsrc)
+    except FileNotFoundError:
+        raise SourceError(f"source {escape_path(bsrc)} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read source {escape_path(bsrc)}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"source {escape_path(bsrc)} is not a directory")
+    started = time.monotonic()
+    progress.start(None, f"snapshot {escape_path(bsrc)}")
+    parent_tree = BlobId(bytes.fromhex(parent.tree)) if parent is not None else None
+    run = SnapshotRun(TreeSink(repo), bsrc, parent_tree, opts, progress, cancel)
+    root = run.run()
+    check_cancel(cancel)
+    repo.flush()
+    c = run.c
+    stats = SnapshotStats(
+        files_new=c.files_new,
+        files_changed=c.files_changed,
+        files_unmodified=c.files_unmodified,
+        files_removed=c.files_removed,
+        dirs=c.dirs,
+        bytes_read=c.bytes_read,
+        bytes_added=c.bytes_added,
+        bytes_stored=c.bytes_stored,
+        total_files=c.total_files,
+        total_bytes=c.total_bytes,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    snap = Snapshot(
+        id="",
+        time=opts.time or clock.now(),
+        host=opts.host or socket.gethostname(),
+        source=os.fsdecode(bsrc),
+        tree=bytes(root).hex(),
+        parent=parent.id if parent is not None else None,
+        tags=tuple(opts.tags),
+        message=opts.message,
+        author=opts.author or _user(),
+        trigger=opts.trigger,
+        stats=stats,
+    )
+    saved = (save or repo.save_snapshot)(snap)
+    return SnapshotResult(saved, tuple(run.problems))
+
+
+def scan_live_tree(
+    repo: Repository,
+    source: str | os.PathLike[str],
+    *,
+    parent: Snapshot | None,
+    options: SnapshotOptions | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[BlobId, TreeSink]:
+    """Compute the tree of a live directory without storing anything (for diff --live)."""
+    bsrc = os.fsencode(Path(os.path.abspath(source)))
+    if not os.path.isdir(bsrc):
+        raise SourceError(f"source {escape_path(bsrc)} is not a directory")
+    sink = TreeSink(repo, dry_run=True)
+    parent_tree = BlobId(bytes.fromhex(parent.tree)) if parent is not None else None
+    run = SnapshotRun(sink, bsrc, parent_tree, options or SnapshotOptions(), NullProgress(), cancel)
+    return run.run(), sink
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:
+        return ""
+
+
+def sources_equal(a: str, b: str) -> bool:
+    """Whether two source strings name the same directory."""
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
+def errno_name(exc: OSError) -> str:
+    """A short name for an OS error."""
+    return errno.errorcode.get(exc.errno or 0, "error")
+
+
+__all__: Sequence[str] = ("SnapshotOptions", "create_snapshot", "escape_path", "scan_live_tree")

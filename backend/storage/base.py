@@ -1,0 +1,106 @@
+"""Storage layer: the only code that touches bytes at rest.
+
+An ``ObjectStorage`` holds named objects grouped by *kind*. Every object is written whole and
+atomically: a reader sees either nothing or the complete object, never a partial one.
+
+Kinds and their mutability:
+
+    config      the repository config (written once by init)
+    keys        key material (encryption); replaced by ``key passwd``
+    data        packs, write-once, name = hex pack id; stored with a 2-char fan-out
+    index       index segments, write-once
+    snapshots   snapshot objects, write-once
+    locks       lock leases, replaced on refresh, deleted on release
+    refs        small mutable pointers (heads, refs, pins, tags, access times); names may contain
+                '/' (``heads/abc``), each replaced atomically
+
+Names are ``[A-Za-z0-9._-]`` segments joined by '/'; '..' and empty segments are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from backend.errors import UsageError
+
+KINDS: tuple[str, ...] = ("config", "keys", "data", "index", "snapshots", "locks", "refs")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a listing says of one object."""
+
+    name: str
+    """The object's name within its kind (no fan-out prefix)."""
+    size: int
+    """Size in bytes."""
+    mtime: float
+    """Last modification, seconds since the epoch."""
+
+
+def check_name(kind: str, name: str) -> None:
+    """Raise ``UsageError`` unless ``kind``/``name`` is a valid object address."""
+    if kind not in KINDS:
+        raise UsageError(f"unknown object kind {kind!r}")
+    if not name or len(name) > 512:
+        raise UsageError(f"invalid object name {name!r}")
+    for seg in name.split("/"):
+        if not _SEGMENT.match(seg):
+            raise UsageError(f"invalid object name {name!r}")
+
+
+@runtime_checkable
+class ObjectStorage(Protocol):
+    """Where a repository's objects live (local directory, memory, S3)."""
+
+    location: str
+    """A human-readable location, e.g. the directory path or ``s3://bucket/prefix``."""
+
+    def create(self) -> None:
+        """Create the empty layout (idempotent)."""
+        ...
+
+    def is_initialized(self) -> bool:
+        """True when a ``config`` object exists."""
+        ...
+
+    def put(self, kind: str, name: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Write an object atomically.
+
+        With ``overwrite=False`` (write-once objects) the write is create-if-absent: it raises
+        ``ObjectExists`` when the name exists, and of two racing writers exactly one wins. With
+        ``overwrite=True`` it atomically replaces any existing object.
+        """
+        ...
+
+    def get(self, kind: str, name: str) -> bytes:
+        """The whole object; ``ObjectNotFound`` if absent."""
+        ...
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer only at the end of the object)."""
+        ...
+
+    def exists(self, kind: str, name: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def stat(self, kind: str, name: str) -> ObjectInfo:
+        """Size and mtime; ``ObjectNotFound`` if absent."""
+        ...
+
+    def list(self, kind: str) -> Iterator[ObjectInfo]:
+        """Every object of a kind, in no particular order; never temp files."""
+        ...
+
+    def delete(self, kind: str, name: str) -> None:
+        """Remove an object. Deleting a missing object is not an error (re-runs converge)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

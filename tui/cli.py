@@ -1,0 +1,731 @@
+"""The ``snapdeck`` command line: thin adapters over ``backend.store.Store``.
+
+Each command parses options, opens the store, calls one backend function and renders the
+result (text, or ``--json`` on stdout and nothing else). Errors become one line on stderr and
+the error's exit code; see the README for the table. Textual is imported only by ``ui``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from backend.config import Config, default_cache_dir, default_repo_path, load_config
+from backend.errors import Cancelled, SnapshotNotFound, StoreError, UsageError
+from backend.model import Entry, EntryKind, RestoreResult, Snapshot
+from backend.snapshots import SnapshotOptions, escape_path
+from backend.store import Store
+from backend.units import format_size
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Ctx:
+    """Per-invocation state shared by every command."""
+
+    repo: str | None
+    config_path: str | None
+    json: bool
+    quiet: bool
+    _config: Config | None = None
+    _store: Store | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config, _ = load_config(Path(self.config_path) if self.config_path else None)
+        return self._config
+
+    def repo_location(self) -> str:
+        if self.repo:
+            return self.repo
+        env = os.environ.get("SNAPDECK_REPO")
+        if env:
+            return env
+        if self.config.repository.path:
+            return os.path.expanduser(self.config.repository.path)
+        return str(default_repo_path())
+
+    def is_default_repo(self) -> bool:
+        return (
+            not self.repo
+            and not os.environ.get("SNAPDECK_REPO")
+            and not self.config.repository.path
+        )
+
+    def store(self, *, create: bool | None = None) -> Store:
+        """Open the repository; the embedded default one is created on first use."""
+        if self._store is None:
+            if create is None:
+                create = self.is_default_repo()
+            self._store = Store.open(
+                self.repo_location(),
+                create=create,
+                cache_dir=default_cache_dir(),
+                compression_level=self.config.snapshot.compression_level,
+            )
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def emit_json(obj: Any) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(obj, indent=None, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(msg: str, code: int = EXIT_ERROR) -> NoReturn:
+    """One clear line on stderr, then exit."""
+    click.echo(f"snapdeck: error: {msg}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def progress_bar(ctx: Ctx, label: str) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal, else a null sink."""
+    from backend.progress import NullProgress
+
+    if ctx.json or ctx.quiet or not sys.stderr.isatty():
+        yield NullProgress()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        class _Sink:
+            def start(self, total: int | None, lbl: str) -> None:
+                bar.update(task, total=total, description=escape_markup(lbl))
+
+            def advance(self, n: int = 1) -> None:
+                bar.advance(task, n)
+
+            def note(self, msg: str) -> None:
+                console.print(escape_markup(msg))
+
+        yield _Sink()
+
+
+def escape_markup(s: str) -> str:
+    """Escape Rich markup so names like '[bold]' print literally."""
+    from rich.markup import escape
+
+    return escape(s)
+
+
+def info(ctx: Ctx, msg: str) -> None:
+    """A human line on stdout (suppressed by --json and -q)."""
+    if not ctx.json and not ctx.quiet:
+        click.echo(msg)
+
+
+def get_ctx() -> Ctx:
+    obj = click.get_current_context().obj
+    assert isinstance(obj, Ctx)
+    return obj
+
+
+# ------------------------------------------------------------------ the group
+
+
+class SnapdeckGroup(click.Group):
+    """Runs ``ui`` when no command is given, and turns errors into one line + exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not any(a in self.commands for a in args) and not any(
+            a in ("--help", "-h", "--version") for a in args
+        ):
+            # `snapdeck`, `snapdeck DIR`, `snapdeck --repo X DIR`: open the UI.
+            args = [*_leading_globals(args), "ui", *_trailing(args)]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("snapdeck: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(EXIT_OK)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            fail(f"{exc.strerror or exc}{where}")
+        finally:
+            obj = ctx.obj
+            if isinstance(obj, Ctx):
+                obj.close()
+
+
+_GLOBAL_WITH_VALUE = ("--repo", "-r", "--config")
+_GLOBAL_FLAGS = ("--json", "-q", "--quiet")
+
+
+def _leading_globals(args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            out += [a, args[i + 1]]
+            i += 2
+        elif a in _GLOBAL_FLAGS or any(a.startswith(g + "=") for g in _GLOBAL_WITH_VALUE):
+            out.append(a)
+            i += 1
+        else:
+            break
+    return out
+
+
+def _trailing(args: list[str]) -> list[str]:
+    return args[len(_leading_globals(args)) :]
+
+
+@click.group(cls=SnapdeckGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo",
+    "-r",
+    metavar="PATH",
+    help="Repository (default: $SNAPDECK_REPO, config, or the embedded one).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Config file (default: $SNAPDECK_CONFIG or the platform config dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.version_option(package_name="snapdeck")
+@click.pass_context
+def cli(
+    ctx: click.Context, repo: str | None, config_path: str | None, as_json: bool, quiet: bool
+) -> None:
+    """snapdeck keeps the history of a directory.
+
+    Run without a command to open the TUI on the current directory.
+    """
+    ctx.obj = Ctx(repo=repo, config_path=config_path, json=as_json, quiet=quiet)
+
+
+# ------------------------------------------------------------------ init
+
+
+@cli.command()
+def init() -> None:
+    """Create a repository at --repo (or the default location)."""
+    c = get_ctx()
+    store = Store.init(
+        c.repo_location(),
+        cache_dir=default_cache_dir(),
+        compression_level=c.config.snapshot.compression_level,
+    )
+    c._store = store
+    if c.json:
+        emit_json({"repository": store.location, "id": store.repo_id})
+    else:
+        info(c, f"created repository {store.repo_id[:8]} at {store.location}")
+
+
+# ------------------------------------------------------------------ snapshot
+
+
+def _parse_time(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    try:
+        t = datetime.fromisoformat(s)
+    except ValueError:
+        raise UsageError(
+            f"invalid --time {s!r}: use ISO 8601, e.g. 2026-01-31T14:00:00+01:00"
+        ) from None
+    if t.tzinfo is None:
+        t = t.astimezone()
+    return t
+
+
+def _snapshot_line(s: Snapshot) -> str:
+    st = s.stats
+    return (
+        f"snapshot {s.short_id} of {escape_path(s.source)}: "
+        f"{st.files_new} new, {st.files_changed} changed, {st.files_unmodified} unmodified, "
+        f"{st.files_removed} removed; added {format_size(st.bytes_added)} "
+        f"(stored {format_size(st.bytes_stored)}) in {st.duration_s:.2f} s"
+    )
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable).")
+@click.option("--message", "-m", default="", help="A message to record.")
+@click.option("--time", "time_", metavar="ISO8601", help="Record this time instead of now.")
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="gitignore-style pattern to skip (repeatable).",
+)
+def snapshot(
+    paths: tuple[str, ...],
+    tags: tuple[str, ...],
+    message: str,
+    time_: str | None,
+    excludes: tuple[str, ...],
+) -> None:
+    """Take a snapshot of each PATH (a directory).
+
+    Exit code 3 when the snapshot was taken but some files could not be read.
+    """
+    c = get_ctx()
+    when = _parse_time(time_)
+    store = c.store()
+    cfg = c.config.snapshot
+    results = []
+    problems = 0
+    for p in paths:
+        opts = SnapshotOptions(
+            tags=tags,
+            message=message,
+            time=when,
+            excludes=(*cfg.exclude, *excludes),
+            exclude_caches=cfg.exclude_caches,
+            threads=cfg.threads,
+        )
+        with progress_bar(c, f"snapshot {p}") as prog:
+            res = store.create_snapshot(p, options=opts, progress=prog, cancel=c.cancel)
+        results.append(res)
+        problems += len(res.problems)
+        for pr in res.problems:
+            click.echo(f"snapdeck: warning: {pr.path}: {pr.message}", err=True)
+        info(c, _snapshot_line(res.snapshot))
+    if c.json:
+        objs = [
+            r.snapshot.to_json()
+            | {"problems": [{"path": p.path, "message": p.message} for p in r.problems]}
+            for r in results
+        ]
+        emit_json(objs[0] if len(objs) == 1 else objs)
+    if problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+# ------------------------------------------------------------------ list
+
+
+@cli.command(name="list")
+@click.option("--source", metavar="PATH", help="Only snapshots of this source directory.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only snapshots with this tag (repeatable: all must match).",
+)
+def list_(source: str | None, tags: tuple[str, ...]) -> None:
+    """List snapshots, oldest first."""
+    c = get_ctx()
+    snaps = c.store().list_snapshots(source=source, tags=tags)
+    if c.json:
+        emit_json([s.to_json() for s in snaps])
+        return
+    if not snaps:
+        info(c, "no snapshots")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("id", "time", "source", "trigger", "tags", "files", "size", "added"):
+        t.add_column(col, justify="right" if col in ("files", "size", "added") else "left")
+    for s in snaps:
+        t.add_row(
+            s.short_id,
+            s.time.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            escape_markup(escape_path(s.source)),
+            s.trigger,
+            escape_markup(",".join(s.tags)),
+            str(s.stats.total_files),
+            format_size(s.stats.total_bytes),
+            format_size(s.stats.bytes_added),
+        )
+    if not c.quiet:
+        Console(highlight=False, soft_wrap=True).print(t)
+        click.echo(f"{len(snaps)} snapshot{'s' if len(snaps) != 1 else ''}")
+
+
+# ------------------------------------------------------------------ ls / cat
+
+
+def _entry_json(path: bytes, e: Entry) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "path": path.decode("utf-8", "surrogateescape")
+        .encode("utf-8", "surrogateescape")
+        .decode("utf-8", "backslashreplace"),
+        "type": e.kind.name.lower(),
+        "mode": oct(e.mode),
+        "size": e.size,
+        "mtime": datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone().isoformat(),
+        "uid": e.uid,
+        "gid": e.gid,
+    }
+    if e.kind is EntryKind.SYMLINK:
+        d["target"] = escape_path(e.payload)
+    return d
+
+
+_TYPE_CHAR = {
+    EntryKind.FILE: "-",
+    EntryKind.DIR: "d",
+    EntryKind.SYMLINK: "l",
+    EntryKind.FIFO: "p",
+    EntryKind.SOCKET: "s",
+    EntryKind.CHARDEV: "c",
+    EntryKind.BLOCKDEV: "b",
+}
+
+
+def _mode_str(e: Entry) -> str:
+    bits = "rwxrwxrwx"
+    perms = "".join(bits[i] if e.mode & (1 << (8 - i)) else "-" for i in range(9))
+    return _TYPE_CHAR[e.kind] + perms
+
+
+@cli.command()
+@click.argument("snap")
+@click.argument("path", default="")
+@click.option("--recursive", "-R", is_flag=True, help="List everything below PATH.")
+def ls(snap: str, path: str, recursive: bool) -> None:
+    """List the entries of PATH (default: the root) in snapshot SNAP."""
+    c = get_ctx()
+    store = c.store()
+    s = store.resolve(snap)
+    rows = store.ls(s, path, recursive=recursive)
+    if c.json:
+        emit_json([_entry_json(p, e) for p, e in rows])
+        return
+    for p, e in rows:
+        when = datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone().strftime("%Y-%m-%d %H:%M")
+        name = escape_path(p)
+        if e.kind is EntryKind.DIR:
+            name += "/"
+        elif e.kind is EntryKind.SYMLINK:
+            name += " -> " + escape_path(e.payload)
+        click.echo(f"{_mode_str(e)} {e.size:>12} {when} {name}")
+
+
+@cli.command()
+@click.argument("snap")
+@click.argument("path")
+def cat(snap: str, path: str) -> None:
+    """Write the content of file PATH in SNAP to stdout (raw bytes)."""
+    c = get_ctx()
+    store = c.store()
+    s = store.resolve(snap)
+    out = sys.stdout.buffer
+    for chunk in store.read_file(s, path):
+        out.write(chunk)
+    out.flush()
+
+
+# ------------------------------------------------------------------ diff
+
+
+@cli.command()
+@click.argument("snap_a")
+@click.argument("snap_b", required=False)
+@click.argument("path", required=False, default="")
+@click.option("--live", is_flag=True, help="Compare SNAP_A with its source directory as it is now.")
+@click.option("--content", is_flag=True, help="Print unified text diffs of modified files.")
+def diff(snap_a: str, snap_b: str | None, path: str, live: bool, content: bool) -> None:
+    """Show what changed from SNAP_A to SNAP_B (or to the live directory with --live).
+
+    Codes: A added, D removed, M modified, T type changed, P metadata only.
+    """
+    c = get_ctx()
+    store = c.store()
+    a = store.resolve(snap_a)
+    if live:
+        if snap_b is not None and not path:
+            path = snap_b
+        b = None
+    else:
+        if snap_b is None:
+            raise UsageError("diff needs two snapshots, or one and --live")
+        b = store.resolve(snap_b)
+    res = store.diff(a, b, path=path, cancel=c.cancel)
+    if c.json:
+        emit_json(
+            {
+                "from": res.source_from,
+                "to": res.source_to,
+                "changes": [
+                    {
+                        "change": ch.change,
+                        "path": escape_path(ch.path),
+                        "type_before": ch.kind_before.name.lower() if ch.kind_before else None,
+                        "type_after": ch.kind_after.name.lower() if ch.kind_after else None,
+                        "size_before": ch.size_before,
+                        "size_after": ch.size_after,
+                    }
+                    for ch in res.changes
+                ],
+            }
+        )
+        return
+    counts: dict[str, int] = {}
+    for ch in res.changes:
+        counts[ch.change] = counts.get(ch.change, 0) + 1
+        suffix = "/" if (ch.kind_after or ch.kind_before) is EntryKind.DIR else ""
+        click.echo(f"{ch.change}  {escape_path(ch.path)}{suffix}")
+        if content and ch.change == "M" and ch.kind_after is EntryKind.FILE:
+            td = store.file_diff(a, b, ch.path)
+            if td.binary:
+                click.echo("   (binary files differ)")
+            else:
+                click.echo("".join(td.lines), nl=False)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no changes"
+    info(c, f"-- {summary}")
+
+
+# ------------------------------------------------------------------ restore
+
+
+@cli.command()
+@click.argument("snap")
+@click.option(
+    "--target", metavar="DIR", help="Restore into DIR (it becomes equal to the snapshot)."
+)
+@click.option(
+    "--zip", "zip_path", metavar="FILE", help="Write a ZIP archive to FILE ('-' for stdout)."
+)
+@click.option(
+    "--include",
+    "includes",
+    multiple=True,
+    metavar="PATH",
+    help="Only this path of the snapshot (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
+@click.option(
+    "--overwrite",
+    type=click.Choice(["always", "if-changed", "never"]),
+    default="always",
+    show_default=True,
+    help="What to do with files that already exist.",
+)
+@click.option(
+    "--delete", is_flag=True, help="Remove files in the target that the snapshot does not have."
+)
+@click.option("--keep-setuid", is_flag=True, help="Keep setuid/setgid bits (stripped by default).")
+def restore(
+    snap: str,
+    target: str | None,
+    zip_path: str | None,
+    includes: tuple[str, ...],
+    dry_run: bool,
+    overwrite: str,
+    delete: bool,
+    keep_setuid: bool,
+) -> None:
+    """Restore snapshot SNAP into a directory or a ZIP file."""
+    c = get_ctx()
+    if (target is None) == (zip_path is None):
+        raise UsageError("restore needs exactly one of --target DIR or --zip FILE")
+    store = c.store()
+    s = store.resolve(snap)
+    if zip_path is not None:
+        if zip_path == "-":
+            res = store.restore_zip(s, sys.stdout.buffer, includes=includes)
+        else:
+            tmp = zip_path + ".part"
+            with open(tmp, "wb") as f:
+                res = store.restore_zip(s, f, includes=includes)
+            os.replace(tmp, zip_path)
+    else:
+        assert target is not None
+        with progress_bar(c, f"restore {s.short_id}") as prog:
+            res = store.restore(
+                s,
+                target,
+                includes=includes,
+                dry_run=dry_run,
+                overwrite=overwrite,
+                delete=delete,
+                keep_setuid=keep_setuid,
+                progress=prog,
+                cancel=c.cancel,
+            )
+    _report_restore(c, s, res, target or zip_path or "")
+    if res.problems:
+        sys.exit(EXIT_PARTIAL if res.files_restored else EXIT_ERROR)
+
+
+def _report_restore(c: Ctx, s: Snapshot, res: RestoreResult, where: str) -> None:
+    for p in res.problems:
+        click.echo(f"snapdeck: warning: {p.path}: {p.message}", err=True)
+    if c.json:
+        emit_json(
+            {
+                "snapshot": s.id,
+                "target": where,
+                "dry_run": res.dry_run,
+                "files_restored": res.files_restored,
+                "files_skipped": res.files_skipped,
+                "files_deleted": res.files_deleted,
+                "dirs_restored": res.dirs_restored,
+                "links_restored": res.links_restored,
+                "bytes_written": res.bytes_written,
+                "actions": [{"action": a, "path": p} for a, p in res.actions],
+                "problems": [{"path": p.path, "message": p.message} for p in res.problems],
+            }
+        )
+        return
+    if res.dry_run:
+        for a, p in res.actions:
+            info(c, f"{a:<6} {p}")
+        info(c, f"dry run: would write {res.files_restored} files, skip {res.files_skipped}")
+    else:
+        info(
+            c,
+            f"restored {res.files_restored} files ({format_size(res.bytes_written)}), "
+            f"{res.dirs_restored} dirs, {res.links_restored} symlinks from {s.short_id} to {where}"
+            + (f"; skipped {res.files_skipped}" if res.files_skipped else "")
+            + (f"; deleted {res.files_deleted}" if res.files_deleted else ""),
+        )
+
+
+# ------------------------------------------------------------------ stats / unlock
+
+
+@cli.command()
+def stats() -> None:
+    """Repository size, raw bytes, dedup and compression ratios."""
+    c = get_ctx()
+    st = c.store().stats()
+    if c.json:
+        emit_json(
+            {
+                "repository": c.store().location,
+                "snapshots": st.snapshots,
+                "packs": st.packs,
+                "blobs": st.blobs,
+                "raw_bytes": st.raw_bytes,
+                "unique_bytes": st.unique_bytes,
+                "stored_bytes": st.stored_bytes,
+                "dedup_ratio": round(st.dedup_ratio, 3),
+                "compression_ratio": round(st.compression_ratio, 3),
+            }
+        )
+        return
+    info(c, f"repository   {c.store().location}")
+    info(c, f"snapshots    {st.snapshots}")
+    info(c, f"raw          {format_size(st.raw_bytes)}  (all snapshots, as restored)")
+    info(
+        c,
+        f"unique       {format_size(st.unique_bytes)}  (after dedup, dedup ratio {st.dedup_ratio:.2f}x)",
+    )
+    info(
+        c,
+        f"stored       {format_size(st.stored_bytes)}  (compression ratio {st.compression_ratio:.2f}x)",
+    )
+    info(c, f"packs/blobs  {st.packs} / {st.blobs}")
+
+
+@cli.command()
+@click.option(
+    "--all",
+    "all_locks",
+    is_flag=True,
+    help="Remove every lock, not only stale ones (only when no snapdeck is running).",
+)
+def unlock(all_locks: bool) -> None:
+    """Remove stale locks left by crashed processes."""
+    c = get_ctx()
+    n = c.store(create=False).unlock(all_locks=all_locks)
+    if c.json:
+        emit_json({"removed": n})
+    else:
+        info(c, f"removed {n} lock{'s' if n != 1 else ''}")
+
+
+# ------------------------------------------------------------------ ui
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, type=click.Path())
+@click.option("--no-watch", is_flag=True, help="Only browse; do not watch DIR.")
+def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
+    """Open the TUI on DIR (default: the current directory)."""
+    c = get_ctx()
+    targets = dirs or (".",)
+    for d in targets:
+        if not os.path.isdir(d):
+            raise UsageError(f"{d} is not a directory")
+    try:
+        from tui.app import run_app  # type: ignore[import-not-found]
+    except ImportError:
+        run_app = None
+    if run_app is None:
+        # The TUI is not built yet: take a snapshot of DIR and show the listing.
+        store = c.store()
+        for d in targets:
+            res = store.create_snapshot(
+                d, options=SnapshotOptions(excludes=c.config.snapshot.exclude)
+            )
+            click.echo(_snapshot_line(res.snapshot))
+        for s in store.list_snapshots():
+            click.echo(
+                f"{s.short_id}  {s.time.astimezone():%Y-%m-%d %H:%M:%S}  {escape_path(s.source)}  {s.stats.total_files} files"
+            )
+        return
+    run_app(c, list(targets), watch=not no_watch)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        cli.main(prog_name="snapdeck", standalone_mode=True)
+    except SnapshotNotFound as exc:  # pragma: no cover - handled in invoke
+        fail(str(exc), exc.exit_code)
+    except Cancelled:
+        sys.exit(130)
