@@ -32,7 +32,7 @@ def blob_id(key: bytes, data: bytes | memoryview) -> BlobId:
     return BlobId(blake3.blake3(data, key=key).digest())
 
 
-def object_name(data: bytes | memoryview) -> str:
+def object_name(data: bytes | bytearray | memoryview) -> str:
     """The name of a stored object: hex BLAKE3 of its bytes."""
     return blake3.blake3(data).hexdigest()
 

@@ -16,7 +16,7 @@ class FinishedPack:
     """A complete pack, ready to be written under its id."""
 
     id: PackId
-    data: bytes
+    data: bytes | bytearray
     entries: tuple[PackEntry, ...]
 
 
@@ -63,7 +63,7 @@ class PackWriter:
     def _finish_locked(self) -> FinishedPack:
         entries = tuple(self._entries)
         self._buf += encode_pack_trailer(entries)
-        data = bytes(self._buf)
+        data = self._buf  # handed over whole: no 16 MiB copy; never touched here again
         self._buf = bytearray()
         self._entries = []
         self._pending = {}

@@ -270,7 +270,7 @@ class Repository:
             hit = self._inflight.get(blob_id)
         if hit is not None:
             pack, e = hit
-            return pack.data[e.offset : e.offset + e.length], e.raw_length
+            return bytes(pack.data[e.offset : e.offset + e.length]), e.raw_length
         for w in (self._tree_writer, self._data_writer):
             s = w.pending_blob(blob_id)
             if s is not None:

@@ -5,8 +5,9 @@ Safety invariants (a snapshot may be hostile):
 - Everything is created relative to directory file descriptors opened with O_NOFOLLOW, so a
   symlink inside the target (pre-existing or restored) is never followed. Restored symlinks are
   created last, after every file and directory, so nothing is written through them.
-- Files are written to a temporary name, verified (each blob is re-hashed on read), then
-  renamed over the final name: a reader never sees a half-restored file.
+- New files are created with O_CREAT|O_EXCL|O_NOFOLLOW; a file that replaces an existing entry
+  is written to a temporary name, verified (each blob is re-hashed on read), then renamed over
+  it, so existing data is never half-overwritten. A failed write removes what it created.
 - setuid/setgid bits are stripped unless ``keep_setuid``; devices are only created as root with
   ``devices=True``; FIFOs are created, never opened; sockets are skipped.
 - Hardlinks are only made between files restored by this run.
@@ -489,13 +490,15 @@ def _write_file(
             if stat.S_ISREG(st.st_mode) and _same_content(repo, name, e, dfd):
                 _set_file_meta_path(dfd, name, e, keep_setuid)
                 return False
-    tmp = b".snapdeck-tmp-" + secrets.token_hex(6).encode()
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
-        dir_fd=dfd,
-    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    # Nothing at the name (a fresh restore): create it in place. O_EXCL never follows or
+    # clobbers anything. Otherwise write a temp file and rename it over the old entry.
+    tmp: bytes | None = None
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dfd)
+    except FileExistsError:
+        tmp = b".snapdeck-tmp-" + secrets.token_hex(6).encode()
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
     try:
         written = 0
         for bid in e.content:
@@ -515,11 +518,13 @@ def _write_file(
     except BaseException:
         os.close(fd)
         try:
-            os.unlink(tmp, dir_fd=dfd)
+            os.unlink(tmp if tmp is not None else name, dir_fd=dfd)
         except OSError:
             pass
         raise
     os.close(fd)
+    if tmp is None:
+        return True
     try:
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except IsADirectoryError:

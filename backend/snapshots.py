@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-MAX_INFLIGHT = 2048
+MAX_INFLIGHT = 4096
 BIG_FILE = 4 * 1024 * 1024
+BATCH_FILES = 64
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,9 +82,24 @@ class _Slot:
     """A directory entry waiting for its content (a file being read or a subtree being built)."""
 
     base: Entry
-    future: Future[_FileOut] | None = None
+    future: Future[Any] | None = None
+    """A single file's future (``index`` -1) or a batch's (result list, item ``index``)."""
     node: _DirNode | None = None
     is_new: bool = False
+    index: int = -1
+    link: _Slot | None = None
+    """A hardlink to a file this run is already reading: share its result."""
+
+    def result(self) -> _FileOut:
+        src = self.link or self
+        assert src.future is not None
+        r = src.future.result()
+        out: _FileOut = r[src.index] if src.index >= 0 else r
+        return out
+
+    def done(self) -> bool:
+        src = self.link or self
+        return src.future is not None and src.future.done()
 
 
 @dataclass(slots=True)
@@ -90,6 +107,9 @@ class _DirNode:
     rel: bytes
     items: list[Entry | _Slot] = field(default_factory=list)
     tree_id: BlobId | None = None
+    parent_id: BlobId | None = None
+    unchanged: bool = False
+    """Every entry is the parent's entry object: the tree is the parent's tree."""
 
 
 @dataclass(slots=True)
@@ -138,19 +158,33 @@ class TreeSink:
         return t if t is not None else self.repo.load_tree(tree_id)
 
 
-def _entry_from_stat(name: bytes, st: os.stat_result, kind: EntryKind) -> Entry:
+def _entry_from_stat(
+    name: bytes,
+    st: os.stat_result,
+    kind: EntryKind,
+    extra: dict[str, Any] | None = None,
+    payload: Any = None,
+    content: tuple[BlobId, ...] = (),
+) -> Entry:
     return Entry(
-        name=name,
-        kind=kind,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns,
-        size=st.st_size if kind is EntryKind.FILE else 0,
-        ino=st.st_ino,
-        ctime_ns=st.st_ctime_ns,
-        nlink=st.st_nlink,
+        name,
+        kind,
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns,
+        st.st_size if kind is EntryKind.FILE else 0,
+        content,
+        payload,
+        st.st_ino,
+        st.st_ctime_ns,
+        st.st_nlink,
+        extra or None,
     )
+
+
+def _item_name(item: Entry | _Slot) -> bytes:
+    return item.name if isinstance(item, Entry) else item.base.name
 
 
 def _kind_of(mode: int) -> EntryKind | None:
@@ -210,7 +244,10 @@ class SnapshotRun:
         self.c = _Counters()
         self.clock_lock = threading.Lock()
         self.problems: list[Problem] = []
-        self.hardlinks: dict[tuple[int, int], Future[_FileOut] | tuple[BlobId, ...]] = {}
+        self.hardlinks: dict[tuple[int, int], _Slot | tuple[BlobId, ...]] = {}
+        self._batch: list[tuple[bytes, os.stat_result]] = []
+        self._batch_slots: list[_Slot] = []
+        self._batch_bytes = 0
         threads = options.threads or default_threads()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="snap-read")
         self.cpool = ThreadPoolExecutor(threads, thread_name_prefix="snap-zstd")
@@ -320,21 +357,24 @@ class SnapshotRun:
 
     def _walk(self, path: bytes, rel: bytes, parent_id: BlobId | None) -> _DirNode:
         check_cancel(self.cancel)
-        node = _DirNode(rel)
-        parent: Tree | None = None
+        node = _DirNode(rel, parent_id=parent_id)
+        pmap: dict[bytes, Entry] = {}
         if parent_id is not None:
             try:
-                parent = self.sink.load_tree(parent_id)
+                pmap = {e.name: e for e in self.sink.load_tree(parent_id).entries}
             except Exception as exc:  # a damaged parent only costs re-reading
                 log.warning("parent tree unreadable, rescanning %r: %s", rel, exc)
+                node.parent_id = None
         try:
             with os.scandir(path) as it:
                 dirents = sorted(it, key=lambda d: d.name)
         except OSError as exc:
             self.problems.append(Problem(_show(rel or b"."), exc.strerror or str(exc)))
             dirents = []
-        seen: set[bytes] = set()
+        unchanged = node.parent_id is not None
+        matched = 0
         sep = b"/" if path != b"/" else b""
+        items = node.items
         for de in dirents:
             name: bytes = de.name
             full = path + sep + name
@@ -347,31 +387,47 @@ class SnapshotRun:
             kind = _kind_of(st.st_mode)
             if kind is None:
                 continue
-            if self._excluded(crel, kind is EntryKind.DIR):
+            if self.spec is not None and self._excluded(crel, kind is EntryKind.DIR):
                 continue
-            seen.add(name)
-            prev = parent.find(name) if parent is not None else None
+            prev = pmap.get(name)
+            if prev is not None:
+                matched += 1
             if kind is EntryKind.FILE:
-                self._add_file(node, full, crel, name, st, prev)
+                if not self._add_file(items, full, name, st, prev):
+                    unchanged = False
             elif kind is EntryKind.DIR:
                 if (st.st_dev, st.st_ino) in self.opts.exclude_inodes:
                     continue
                 if self.opts.exclude_caches and _is_cache_dir(full):
                     continue
+                same_meta = (
+                    prev is not None
+                    and prev.kind is EntryKind.DIR
+                    and prev.ctime_ns == st.st_ctime_ns
+                    and prev.ino == st.st_ino
+                    and prev.mtime_ns == st.st_mtime_ns
+                )
                 prev_sub = prev.payload if prev is not None and prev.kind is EntryKind.DIR else None
                 child = self._walk(full, crel, BlobId(prev_sub) if prev_sub else None)
-                base = _entry_from_stat(name, st, EntryKind.DIR)
-                extra = (
-                    prev.extra
-                    if prev is not None and prev.ctime_ns == st.st_ctime_ns
-                    else _xattrs(full)
-                )
-                if extra:
-                    base = _replace_entry(base, extra=extra)
-                node.items.append(_Slot(base, node=child))
                 self.c.dirs += 1
+                if same_meta and child.unchanged:
+                    assert prev is not None
+                    items.append(prev)
+                    continue
+                unchanged = False
+                extra = prev.extra if same_meta and prev is not None else _xattrs(full)
+                items.append(_Slot(_entry_from_stat(name, st, EntryKind.DIR, extra), node=child))
             else:
-                base = _entry_from_stat(name, st, kind)
+                if (
+                    prev is not None
+                    and prev.kind is kind
+                    and prev.ctime_ns == st.st_ctime_ns
+                    and prev.ino == st.st_ino
+                    and prev.mtime_ns == st.st_mtime_ns
+                ):
+                    items.append(prev)
+                    continue
+                unchanged = False
                 payload: Any = None
                 if kind is EntryKind.SYMLINK:
                     try:
@@ -382,26 +438,28 @@ class SnapshotRun:
                 elif kind in (EntryKind.CHARDEV, EntryKind.BLOCKDEV):
                     payload = st.st_rdev
                 extra = _xattrs(full) if kind is not EntryKind.SYMLINK else None
-                node.items.append(_replace_entry(base, payload=payload, extra=extra))
-        if parent is not None:
-            self._count_removed(parent, seen)
+                items.append(_entry_from_stat(name, st, kind, extra, payload))
+        if matched != len(pmap):
+            unchanged = False
+            self._count_removed(pmap, {_item_name(i) for i in items})
+        node.unchanged = unchanged
+        self._flush_batch()
         self.queue.append(node)
         self._drain(block=self.inflight > MAX_INFLIGHT)
         return node
 
     def _add_file(
         self,
-        node: _DirNode,
+        items: list[Entry | _Slot],
         full: bytes,
-        crel: bytes,
         name: bytes,
         st: os.stat_result,
         prev: Entry | None,
-    ) -> None:
+    ) -> bool:
+        """Queue or reuse a file; returns whether the entry is the parent's, unchanged."""
         c = self.c
         c.total_files += 1
         c.total_bytes += st.st_size
-        base = _entry_from_stat(name, st, EntryKind.FILE)
         if (
             prev is not None
             and prev.kind is EntryKind.FILE
@@ -409,49 +467,77 @@ class SnapshotRun:
             and prev.mtime_ns == st.st_mtime_ns
             and prev.ctime_ns == st.st_ctime_ns
             and prev.ino == st.st_ino
-            and (not prev.content or prev.content[0] in self.repo.index or self.sink.dry_run)
         ):
+            # Same size, mtime, ctime and inode: the content is the parent's, not read again.
+            # (ctime moves on chmod/chown/link too, so mode, owner and nlink are equal as well.)
             c.files_unmodified += 1
-            ent = _replace_entry(base, content=prev.content, extra=prev.extra)
             if st.st_nlink > 1:
                 self.hardlinks.setdefault((st.st_dev, st.st_ino), prev.content)
-            node.items.append(ent)
             self.progress.advance(1)
-            return
+            if prev.mode == stat.S_IMODE(st.st_mode) and prev.nlink == st.st_nlink:
+                items.append(prev)
+                return True
+            items.append(_entry_from_stat(name, st, EntryKind.FILE, prev.extra, None, prev.content))
+            return False
         is_new = prev is None or prev.kind is not EntryKind.FILE
         extra = _xattrs(full)
+        key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             extra = dict(extra or {})
             extra["dev"] = st.st_dev
-            key = (st.st_dev, st.st_ino)
             known = self.hardlinks.get(key)
             if known is not None:
-                base = _replace_entry(base, extra=extra)
+                base = _entry_from_stat(name, st, EntryKind.FILE, extra)
                 if isinstance(known, tuple):
-                    node.items.append(_replace_entry(base, content=known))
+                    items.append(_replace_entry(base, content=known))
                 else:
                     self.inflight += 1
-                    node.items.append(_Slot(base, future=known, is_new=is_new))
-                return
-        if extra:
-            base = _replace_entry(base, extra=extra)
-        fut = self.pool.submit(self._read_file, full, st)
+                    items.append(_Slot(base, is_new=is_new, link=known))
+                return False
+        slot = _Slot(_entry_from_stat(name, st, EntryKind.FILE, extra), is_new=is_new)
         self.inflight += 1
+        if st.st_size >= BIG_FILE:
+            slot.future = self.pool.submit(self._read_file, full, st)
+        else:
+            slot.index = len(self._batch)
+            self._batch.append((full, st))
+            self._batch_slots.append(slot)
+            self._batch_bytes += st.st_size
+            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+                self._flush_batch()
         if st.st_nlink > 1:
-            self.hardlinks[(st.st_dev, st.st_ino)] = fut
-        node.items.append(_Slot(base, future=fut, is_new=is_new))
+            self.hardlinks[key] = slot
+        items.append(slot)
+        return False
 
-    def _count_removed(self, parent: Tree, seen: set[bytes]) -> None:
-        for e in parent.entries:
-            if e.name in seen:
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        fut = self.pool.submit(self._read_batch, self._batch)
+        for slot in self._batch_slots:
+            slot.future = fut
+        self._batch, self._batch_slots, self._batch_bytes = [], [], 0
+
+    def _read_batch(self, batch: list[tuple[bytes, os.stat_result]]) -> list[_FileOut]:
+        out = []
+        for full, st in batch:
+            if self.cancel is not None and self.cancel.is_set():
+                break
+            out.append(self._read_file(full, st))
+        return out
+
+    def _count_removed(self, pmap: dict[bytes, Entry], present: set[bytes]) -> None:
+        for name, e in pmap.items():
+            if name in present:
                 continue
             if e.kind is EntryKind.FILE:
                 self.c.files_removed += 1
             elif e.kind is EntryKind.DIR and e.payload:
                 try:
-                    self._count_removed(self.sink.load_tree(BlobId(e.payload)), set())
+                    sub = self.sink.load_tree(BlobId(e.payload))
                 except Exception:
-                    pass
+                    continue
+                self._count_removed({x.name: x for x in sub.entries}, set())
 
     def _drain(self, block: bool, final: bool = False) -> None:
         """Finalise queued directories whose files are done, in post-order.
@@ -467,6 +553,10 @@ class SnapshotRun:
             q.popleft()
 
     def _finalize(self, node: _DirNode) -> None:
+        if node.unchanged and node.parent_id is not None:
+            node.tree_id = node.parent_id  # every entry is the parent's: same tree, same id
+            node.items = []
+            return
         entries: list[Entry] = []
         c = self.c
         for item in node.items:
@@ -477,8 +567,7 @@ class SnapshotRun:
                 assert item.node.tree_id is not None
                 entries.append(_replace_entry(item.base, payload=bytes(item.node.tree_id)))
                 continue
-            assert item.future is not None
-            out = item.future.result()
+            out = item.result()
             self.inflight -= 1
             rel = node.rel + b"/" + item.base.name if node.rel else item.base.name
             if out.error is not None:
@@ -513,7 +602,7 @@ class SnapshotRun:
 
 def _ready(node: _DirNode) -> bool:
     for item in node.items:
-        if isinstance(item, _Slot) and item.future is not None and not item.future.done():
+        if isinstance(item, _Slot) and item.node is None and not item.done():
             return False
     return True
 

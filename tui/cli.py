@@ -163,6 +163,60 @@ def get_ctx() -> Ctx:
     return obj
 
 
+def _set_global(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def cb(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value in (None, False):
+            return
+        obj = ctx.find_object(Ctx)
+        if obj is not None:
+            setattr(obj, name, value)
+
+    return cb
+
+
+def common(f: F) -> F:
+    """Accept the global options after the command name too (``snapdeck list --json``)."""
+    opts = [
+        click.option(
+            "--repo",
+            "-r",
+            metavar="PATH",
+            expose_value=False,
+            is_eager=True,
+            callback=_set_global("repo"),
+            help="Repository (see snapdeck --help).",
+        ),
+        click.option(
+            "--config",
+            metavar="PATH",
+            expose_value=False,
+            is_eager=True,
+            callback=_set_global("config_path"),
+            help="Config file.",
+        ),
+        click.option(
+            "--json",
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_global("json"),
+            help="Machine-readable output on stdout.",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_global("quiet"),
+            help="Print only errors.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 # ------------------------------------------------------------------ the group
 
 
@@ -251,6 +305,7 @@ def cli(
 
 
 @cli.command()
+@common
 def init() -> None:
     """Create a repository at --repo (or the default location)."""
     c = get_ctx()
@@ -294,6 +349,7 @@ def _snapshot_line(s: Snapshot) -> str:
 
 
 @cli.command()
+@common
 @click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable).")
 @click.option("--message", "-m", default="", help="A message to record.")
@@ -353,6 +409,7 @@ def snapshot(
 
 
 @cli.command(name="list")
+@common
 @click.option("--source", metavar="PATH", help="Only snapshots of this source directory.")
 @click.option(
     "--tag",
@@ -431,6 +488,7 @@ def _mode_str(e: Entry) -> str:
 
 
 @cli.command()
+@common
 @click.argument("snap")
 @click.argument("path", default="")
 @click.option("--recursive", "-R", is_flag=True, help="List everything below PATH.")
@@ -454,6 +512,7 @@ def ls(snap: str, path: str, recursive: bool) -> None:
 
 
 @cli.command()
+@common
 @click.argument("snap")
 @click.argument("path")
 def cat(snap: str, path: str) -> None:
@@ -471,6 +530,7 @@ def cat(snap: str, path: str) -> None:
 
 
 @cli.command()
+@common
 @click.argument("snap_a")
 @click.argument("snap_b", required=False)
 @click.argument("path", required=False, default="")
@@ -531,6 +591,7 @@ def diff(snap_a: str, snap_b: str | None, path: str, live: bool, content: bool) 
 
 
 @cli.command()
+@common
 @click.argument("snap")
 @click.option(
     "--target", metavar="DIR", help="Restore into DIR (it becomes equal to the snapshot)."
@@ -638,6 +699,7 @@ def _report_restore(c: Ctx, s: Snapshot, res: RestoreResult, where: str) -> None
 
 
 @cli.command()
+@common
 def stats() -> None:
     """Repository size, raw bytes, dedup and compression ratios."""
     c = get_ctx()
@@ -672,6 +734,7 @@ def stats() -> None:
 
 
 @cli.command()
+@common
 @click.option(
     "--all",
     "all_locks",
@@ -692,6 +755,7 @@ def unlock(all_locks: bool) -> None:
 
 
 @cli.command()
+@common
 @click.argument("dirs", nargs=-1, type=click.Path())
 @click.option("--no-watch", is_flag=True, help="Only browse; do not watch DIR.")
 def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
@@ -723,6 +787,9 @@ def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
 
 def main() -> None:
     """Console entry point."""
+    from backend.tuning import tune_malloc
+
+    tune_malloc()
     try:
         cli.main(prog_name="snapdeck", standalone_mode=True)
     except SnapshotNotFound as exc:  # pragma: no cover - handled in invoke

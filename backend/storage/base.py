@@ -68,7 +68,9 @@ class ObjectStorage(Protocol):
         """True when a ``config`` object exists."""
         ...
 
-    def put(self, kind: str, name: str, data: bytes, *, overwrite: bool = False) -> None:
+    def put(
+        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
         """Write an object atomically.
 
         With ``overwrite=False`` (write-once objects) the write is create-if-absent: it raises

@@ -28,7 +28,9 @@ import errno
 import logging
 import os
 import stat as stat_mod
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +86,64 @@ def check_kind(kind: str) -> None:
         raise UsageError(f"unknown object kind {kind!r}")
 
 
+class _FdCache:
+    """Open read-only fds of immutable objects (packs), shared by threads.
+
+    Entries are refcounted: an evicted fd is closed only when its last reader releases it, so
+    a concurrent ``pread`` can never hit a closed (or reused) descriptor.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, list[int]] = OrderedDict()  # path -> [fd, refs, evicted]
+
+    def acquire(self, path: str) -> list[int]:
+        with self._lock:
+            ent = self._open.get(path)
+            if ent is not None:
+                ent[1] += 1
+                self._open.move_to_end(path)
+                return ent
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
+        with self._lock:
+            ent = self._open.get(path)
+            if ent is not None:  # another thread opened it meanwhile
+                os.close(fd)
+                ent[1] += 1
+                return ent
+            ent = [fd, 1, 0]
+            self._open[path] = ent
+            while len(self._open) > self.capacity:
+                _p, old = self._open.popitem(last=False)
+                old[2] = 1
+                if old[1] == 0:
+                    os.close(old[0])
+            return ent
+
+    def release(self, ent: list[int]) -> None:
+        with self._lock:
+            ent[1] -= 1
+            if ent[2] and ent[1] == 0:
+                os.close(ent[0])
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            ent = self._open.pop(path, None)
+            if ent is not None:
+                ent[2] = 1
+                if ent[1] == 0:
+                    os.close(ent[0])
+
+    def close_all(self) -> None:
+        with self._lock:
+            for ent in self._open.values():
+                ent[2] = 1
+                if ent[1] == 0:
+                    os.close(ent[0])
+            self._open.clear()
+
+
 class LocalStorage:
     """An ``ObjectStorage`` in a local directory.
 
@@ -102,6 +162,7 @@ class LocalStorage:
         # Directories known to exist, so a burst of puts costs no mkdir calls. A directory
         # removed behind our back is noticed when the temp file cannot be created.
         self._dirs: set[str] = set()
+        self._fds = _FdCache()
 
     @property
     def root(self) -> Path:
@@ -204,7 +265,9 @@ class LocalStorage:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def put(self, kind: str, name: str, data: bytes, *, overwrite: bool = False) -> None:
+    def put(
+        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
         """Write an object atomically.
 
         Args:
@@ -245,7 +308,9 @@ class LocalStorage:
                 self._dirs.clear()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self, directory: str, path: str, data: bytes, overwrite: bool) -> None:
+    def _write(
+        self, directory: str, path: str, data: bytes | bytearray | memoryview, overwrite: bool
+    ) -> None:
         fd, tmp = self._open_temp(directory)
         try:
             try:
@@ -283,6 +348,8 @@ class LocalStorage:
         """
         check_address(kind, name)
         directory, path = self._locate(kind, name)
+        if kind == "data":
+            self._fds.forget(path)
         try:
             os.unlink(path)
         except _MISSING:
@@ -359,8 +426,14 @@ class LocalStorage:
         if offset < 0 or length < 0:
             raise UsageError(f"invalid range: offset {offset}, length {length}")
         _, path = self._locate(kind, name)
+        cached = kind == "data"  # packs are immutable: keep their fds open
+        ent: list[int] | None = None
         try:
-            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
+            if cached:
+                ent = self._fds.acquire(path)
+                fd = ent[0]
+            else:
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
         except _MISSING:
             raise self._not_found(kind, name) from None
         except OSError as exc:
@@ -381,7 +454,10 @@ class LocalStorage:
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {_reason(exc)}") from exc
         finally:
-            os.close(fd)
+            if ent is not None:
+                self._fds.release(ent)
+            else:
+                os.close(fd)
 
     def _stat(self, kind: str, name: str) -> tuple[str, os.stat_result | None]:
         check_address(kind, name)
@@ -442,7 +518,8 @@ class LocalStorage:
             yield from _files(base, "")
 
     def close(self) -> None:
-        """Nothing to release; present for the protocol."""
+        """Close cached pack descriptors."""
+        self._fds.close_all()
 
 
 def _unlink_quietly(path: str) -> None:

@@ -39,7 +39,9 @@ class MemoryStorage:
         """True when the ``config`` object exists."""
         return self.exists("config", "config")
 
-    def put(self, kind: str, name: str, data: bytes, *, overwrite: bool = False) -> None:
+    def put(
+        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
         """Store an object.
 
         Args:
