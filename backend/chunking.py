@@ -76,21 +76,20 @@ def chunk_fd(fd: int, params: ChunkerParams, size_hint: int) -> Iterator[memoryv
 
 
 def _read_all(fd: int, want: int) -> bytes:
-    """Read up to ``want`` bytes (fewer only at EOF); reads one byte past a size hint."""
-    parts: list[bytes] = []
-    got = 0
-    target = want + 1 if want < WINDOW else want
-    while got < target:
-        b = os.read(fd, target - got)
+    """Read ``want`` bytes (fewer only at EOF).
+
+    For a file read whole (``want`` is its stat size) one ``read`` is usually all it takes; the
+    caller compares fstat before and after, so a file that grew is noticed and read again.
+    """
+    b = os.read(fd, want)
+    if len(b) == want or not b:
+        return b
+    parts = [b]
+    got = len(b)
+    while got < want:
+        b = os.read(fd, want - got)
         if not b:
             break
         parts.append(b)
         got += len(b)
-    if got > want and want < WINDOW:
-        # The file grew past its stat size: keep reading so nothing is cut off.
-        while True:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                break
-            parts.append(b)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import blake3
+
 from backend.format import PackEntry, encode_pack_trailer, split_pack
-from backend.ids import BlobId, PackId, object_name
+from backend.ids import BlobId, PackId
 
 __all__ = ["FinishedPack", "PackWriter", "split_pack"]
 
@@ -16,55 +18,61 @@ class FinishedPack:
     """A complete pack, ready to be written under its id."""
 
     id: PackId
-    data: bytes | bytearray
+    data: bytes
     entries: tuple[PackEntry, ...]
 
 
 class PackWriter:
     """Accumulates stored blobs; ``add`` returns a finished pack once the target is reached.
 
-    Thread-safe: several workers may add concurrently.
+    Blobs are kept as a list of parts and joined once when the pack is finished, so adding
+    a blob never copies the buffer. Thread-safe: several workers may add concurrently.
     """
 
     def __init__(self, target_size: int) -> None:
         self.target_size = target_size
         self._lock = threading.Lock()
-        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
         self._entries: list[PackEntry] = []
-        self._pending: dict[bytes, tuple[int, int]] = {}
+        self._pending: dict[bytes, int] = {}
 
     def add(
         self, blob_type: int, blob_id: BlobId, stored: bytes, raw_length: int
     ) -> FinishedPack | None:
         """Append a stored blob; return a finished pack if this filled one."""
         with self._lock:
-            off = len(self._buf)
-            self._buf += stored
-            self._entries.append(PackEntry(blob_type, blob_id, off, len(stored), raw_length))
-            self._pending[blob_id] = (off, len(stored))
-            if len(self._buf) >= self.target_size:
-                return self._finish_locked()
-        return None
+            self._pending[blob_id] = len(self._parts)
+            self._entries.append(PackEntry(blob_type, blob_id, self._size, len(stored), raw_length))
+            self._parts.append(stored)
+            self._size += len(stored)
+            if self._size < self.target_size:
+                return None
+            parts, entries = self._take_locked()
+        return _finish(parts, entries)
 
     def pending_blob(self, blob_id: BlobId) -> bytes | None:
         """The stored bytes of a blob that is still buffered here."""
         with self._lock:
-            loc = self._pending.get(blob_id)
-            if loc is None:
-                return None
-            off, ln = loc
-            return bytes(self._buf[off : off + ln])
+            i = self._pending.get(blob_id)
+            return None if i is None else self._parts[i]
 
     def finish(self) -> FinishedPack | None:
         """Close the current pack (None if empty)."""
         with self._lock:
-            return self._finish_locked() if self._entries else None
+            if not self._entries:
+                return None
+            parts, entries = self._take_locked()
+        return _finish(parts, entries)
 
-    def _finish_locked(self) -> FinishedPack:
-        entries = tuple(self._entries)
-        self._buf += encode_pack_trailer(entries)
-        data = self._buf  # handed over whole: no 16 MiB copy; never touched here again
-        self._buf = bytearray()
-        self._entries = []
-        self._pending = {}
-        return FinishedPack(PackId(object_name(data)), data, entries)
+    def _take_locked(self) -> tuple[list[bytes], tuple[PackEntry, ...]]:
+        parts, entries = self._parts, tuple(self._entries)
+        self._parts, self._entries, self._pending, self._size = [], [], {}, 0
+        return parts, entries
+
+
+def _finish(parts: list[bytes], entries: tuple[PackEntry, ...]) -> FinishedPack:
+    parts.append(encode_pack_trailer(entries))
+    data = b"".join(parts)  # one allocation; the parts are freed right after
+    parts.clear()
+    return FinishedPack(PackId(blake3.blake3(data, max_threads=1).hexdigest()), data, entries)

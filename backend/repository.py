@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 PACK_TARGET = 16 * 1024 * 1024
 TREE_PACK_TARGET = 4 * 1024 * 1024
 INDEX_EVERY_PACKS = 8
+TREE_CACHE_ENTRIES = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Repository:
         self._tree_writer = PackWriter(TREE_PACK_TARGET)
         self._unindexed: list[tuple[PackId, tuple[PackEntry, ...]]] = []
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
+        self._tree_cache_entries = 0
         self._local = threading.local()
         self.packs_written = 0
 
@@ -222,7 +224,6 @@ class Repository:
         data = fmt.encode_tree(tree)
         tid = self.hash_blob(data)
         res = self.put_blob(BLOB_TREE, tid, data)
-        self._cache_tree(tid, tree)
         return tid, res
 
     def save_snapshot(self, snap: Snapshot) -> Snapshot:
@@ -270,7 +271,7 @@ class Repository:
             hit = self._inflight.get(blob_id)
         if hit is not None:
             pack, e = hit
-            return bytes(pack.data[e.offset : e.offset + e.length]), e.raw_length
+            return pack.data[e.offset : e.offset + e.length], e.raw_length
         for w in (self._tree_writer, self._data_writer):
             s = w.pending_blob(blob_id)
             if s is not None:
@@ -289,10 +290,15 @@ class Repository:
         return tree
 
     def _cache_tree(self, tree_id: BlobId, tree: Tree) -> None:
+        # Bounded by entries, not trees: one huge directory must not pin memory.
         with self._lock:
+            if tree_id in self._tree_cache:
+                return
             self._tree_cache[tree_id] = tree
-            if len(self._tree_cache) > 4096:
-                self._tree_cache.popitem(last=False)
+            self._tree_cache_entries += len(tree.entries)
+            while self._tree_cache_entries > TREE_CACHE_ENTRIES and len(self._tree_cache) > 1:
+                _k, old = self._tree_cache.popitem(last=False)
+                self._tree_cache_entries -= len(old.entries)
 
     def load_snapshot(self, snap_id: str) -> Snapshot:
         """A snapshot object by full id, checked against its name."""

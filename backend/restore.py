@@ -84,6 +84,9 @@ class _Plan:
     links: list[tuple[bytes, Entry]] = field(default_factory=list)
     specials: list[tuple[bytes, Entry]] = field(default_factory=list)
     wanted: dict[bytes, set[bytes]] = field(default_factory=dict)
+    """Names each fully restored directory should hold (``--delete`` removes the others).
+    Directories only on the way to an ``--include`` are absent: their other entries are not
+    part of this restore and must be left alone."""
 
 
 def _include_filter(includes: Sequence[str]) -> list[list[bytes]]:
@@ -128,11 +131,31 @@ def _flatten(load: Callable[[BlobId], Tree], root: BlobId, includes: list[list[b
                 plan.links.append((crel, e))
             else:
                 plan.specials.append((crel, e))
-        plan.wanted[rel] = names
+        if whole:
+            plan.wanted[rel] = names
 
     plan.dirs.append((b"", None))
     visit(root, b"", [], not includes)
     return plan
+
+
+def _fd_budget() -> int:
+    """How many directory fds a restore may keep open (raising the soft limit if allowed)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        want = min(want, 1 << 20)
+        if soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (ValueError, OSError):
+                pass
+        return max(256, int(soft) - 512)
+    except Exception:
+        return 256
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -154,15 +177,20 @@ def open_dir_chain(root_fd: int, rel: bytes) -> int:
 class _DirFds:
     """Directory fds by relative path for the main thread, opened without following symlinks."""
 
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, capacity: int = 256) -> None:
         self.root_fd = root_fd
+        self.capacity = capacity
         self._fds: dict[bytes, int] = {b"": root_fd}
+
+    def peek(self, rel: bytes) -> int | None:
+        """An already open fd (safe from worker threads once the main thread stops opening)."""
+        return self._fds.get(rel)
 
     def get(self, rel: bytes) -> int:
         fd = self._fds.get(rel)
         if fd is not None:
             return fd
-        if len(self._fds) > 256:
+        if len(self._fds) > self.capacity:
             self.close()
         parent, _, name = rel.rpartition(b"/")
         pfd = self.get(parent)
@@ -221,7 +249,7 @@ def restore_tree(
         return _dry_run(plan, btarget, overwrite, delete, repo)
     os.makedirs(btarget, exist_ok=True)
     root_fd = os.open(btarget, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fds = _DirFds(root_fd)
+    fds = _DirFds(root_fd, _fd_budget())
     problems: list[Problem] = []
     plock = threading.Lock()
     counts = {"files": 0, "skipped": 0, "bytes": 0, "dirs": 0, "links": 0, "deleted": 0}
@@ -238,6 +266,7 @@ def restore_tree(
             check_cancel(cancel)
             try:
                 _make_dir(fds, rel)
+                fds.get(rel)  # keep it open: file jobs write through this fd
                 counts["dirs"] += 1
             except OSError as exc:
                 problem(rel, f"cannot create directory: {exc.strerror}")
@@ -254,6 +283,7 @@ def restore_tree(
                         counts["deleted"] += 1
         # 3. files, in parallel; each job owns a batch of one directory and its own dir fd
         hard_first: dict[tuple[int, int], bytes] = {}
+        hard_written: set[bytes] = set()  # hardlink sources this run actually wrote
         hard_rest: list[tuple[bytes, Entry, tuple[int, int]]] = []
         batches: list[tuple[bytes, list[tuple[bytes, Entry]]]] = []
         for rel, e in plan.files:
@@ -269,9 +299,12 @@ def restore_tree(
             else:
                 batches.append((parent, [(name, e)]))
 
+        all_open = len(plan.dirs) < fds.capacity
+
         def write_batch(parent: bytes, items: list[tuple[bytes, Entry]]) -> None:
+            shared = fds.peek(parent) if all_open else None
             try:
-                dfd = open_dir_chain(root_fd, parent)
+                dfd = shared if shared is not None else open_dir_chain(root_fd, parent)
             except OSError as exc:
                 for name, _e in items:
                     problem(_join(parent, name), f"cannot open directory: {exc.strerror}")
@@ -286,6 +319,8 @@ def restore_tree(
                             if wrote:
                                 counts["files"] += 1
                                 counts["bytes"] += e.size
+                                if e.nlink > 1:
+                                    hard_written.add(_join(parent, name))
                             else:
                                 counts["skipped"] += 1
                     except StoreError as exc:
@@ -294,7 +329,8 @@ def restore_tree(
                         problem(_join(parent, name), exc.strerror or str(exc))
                     progress.advance(1)
             finally:
-                os.close(dfd)
+                if shared is None:
+                    os.close(dfd)
 
         n_threads = threads or default_threads() + 1
         with ThreadPoolExecutor(n_threads, thread_name_prefix="restore") as pool:
@@ -309,22 +345,37 @@ def restore_tree(
             for f in futs:
                 f.result()
         check_cancel(cancel)
-        for rel, _e, key in hard_rest:
+        for rel, e, key in hard_rest:
             src = hard_first[key]
             sparent, _, sname = src.rpartition(b"/")
             dparent, _, dname = rel.rpartition(b"/")
             try:
-                sfd = open_dir_chain(root_fd, sparent)
+                dfd = open_dir_chain(root_fd, dparent)
                 try:
-                    dfd = open_dir_chain(root_fd, dparent)
+                    if src not in hard_written:
+                        # The first link was skipped or failed: it may be a pre-existing file
+                        # (even one hardlinked to a file outside the target). Never link to
+                        # it; restore this name as a file of its own.
+                        if _write_file(repo, dfd, dname, e, overwrite, keep_setuid):
+                            counts["files"] += 1
+                            counts["bytes"] += e.size
+                        else:
+                            counts["skipped"] += 1
+                        continue
+                    if _keep_existing(repo, dfd, dname, e, overwrite, keep_setuid):
+                        counts["skipped"] += 1
+                        continue
+                    sfd = open_dir_chain(root_fd, sparent)
                     try:
                         _unlink_if_exists(dfd, dname)
                         os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
                     finally:
-                        os.close(dfd)
+                        os.close(sfd)
                 finally:
-                    os.close(sfd)
+                    os.close(dfd)
                 counts["files"] += 1
+            except StoreError as exc:
+                problem(rel, str(exc))
             except OSError as exc:
                 problem(rel, f"cannot hardlink: {exc.strerror}")
         # 4. special files
@@ -349,8 +400,9 @@ def restore_tree(
             try:
                 fd = fds.get(rel)
                 mode = de.mode if keep_setuid else de.mode & ~(stat.S_ISUID | stat.S_ISGID)
+                _chown(fd, de)  # before chmod: chown clears setuid/setgid
                 os.chmod(fd, mode)
-                _chown(fd, de)
+                _set_xattrs_fd(fd, de)
                 os.utime(fd, ns=(de.mtime_ns, de.mtime_ns))
             except OSError as exc:
                 problem(rel, f"cannot set directory metadata: {exc.strerror}")
@@ -371,33 +423,63 @@ def restore_tree(
 def _dry_run(
     plan: _Plan, btarget: bytes, overwrite: str, delete: bool, repo: Repository
 ) -> RestoreResult:
+    """The plan of a restore. Looks at the target exactly as a restore would: relative to
+    directory fds, never through a symlink, never opening anything but regular files."""
     actions: list[tuple[str, str]] = []
     skipped = written = 0
-    for rel, _e in plan.dirs:
-        if rel and not os.path.isdir(os.path.join(btarget, rel)):
-            actions.append(("mkdir", escape_path(rel)))
-    for rel, e in plan.files:
-        path = os.path.join(btarget, rel)
-        exists = os.path.lexists(path)
-        if (exists and overwrite == "never") or (
-            exists and overwrite == "if-changed" and _same_content(repo, path, e)
-        ):
-            actions.append(("skip", escape_path(rel)))
-            skipped += 1
-        else:
-            actions.append(("write", escape_path(rel)))
-            written += 1
-    for rel, _e in plan.links:
-        actions.append(("link", escape_path(rel)))
-    if delete:
-        for rel, names in plan.wanted.items():
-            d = os.path.join(btarget, rel) if rel else btarget
-            try:
-                for name in sorted(os.listdir(d)):
-                    if name not in names:
-                        actions.append(("delete", escape_path(rel + b"/" + name if rel else name)))
-            except OSError:
-                pass
+    try:
+        root_fd: int | None = os.open(btarget, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        root_fd = None  # the target does not exist yet: everything is new
+    fds = _DirFds(root_fd) if root_fd is not None else None
+
+    def real_dir(rel: bytes) -> int | None:
+        """The fd of the real directory at ``rel`` (None: absent, a file, or a symlink)."""
+        if fds is None:
+            return None
+        try:
+            return fds.get(rel)
+        except OSError:
+            return None
+
+    try:
+        for rel, _e in plan.dirs:
+            if rel and real_dir(rel) is None:
+                actions.append(("mkdir", escape_path(rel)))
+        for rel, e in plan.files:
+            parent, _, name = rel.rpartition(b"/")
+            dfd = real_dir(parent)
+            exists = False
+            if dfd is not None:
+                try:
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    exists = True
+                except OSError:
+                    pass
+            if exists and (
+                overwrite == "never"
+                or (overwrite == "if-changed" and _same_content(repo, name, e, dfd))
+            ):
+                actions.append(("skip", escape_path(rel)))
+                skipped += 1
+            else:
+                actions.append(("write", escape_path(rel)))
+                written += 1
+        for rel, _e in plan.links:
+            actions.append(("link", escape_path(rel)))
+        if delete:
+            for rel, names in plan.wanted.items():
+                dfd = real_dir(rel)
+                if dfd is None:
+                    continue
+                for name in sorted(_listdir_bytes(dfd)):
+                    if name not in names and not name.startswith(b".snapdeck-tmp-"):
+                        actions.append(("delete", escape_path(_join(rel, name))))
+    finally:
+        if fds is not None:
+            fds.close()
+        if root_fd is not None:
+            os.close(root_fd)
     return RestoreResult(
         files_restored=written,
         files_skipped=skipped,
@@ -459,11 +541,10 @@ def _same_content(repo: Repository, path: bytes, e: Entry, dfd: int | None = Non
     """Whether the existing file at ``path`` holds exactly the entry's content."""
     from backend.chunking import chunk_fd
 
+    # O_NONBLOCK: opening a FIFO that sits where the snapshot has a file must not hang.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        if dfd is not None:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        else:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags, dir_fd=dfd) if dfd is not None else os.open(path, flags)
     except OSError:
         return False
     try:
@@ -476,20 +557,30 @@ def _same_content(repo: Repository, path: bytes, e: Entry, dfd: int | None = Non
         os.close(fd)
 
 
+def _keep_existing(
+    repo: Repository, dfd: int, name: bytes, e: Entry, overwrite: str, keep_setuid: bool
+) -> bool:
+    """Whether ``--overwrite`` leaves the entry already at ``name`` alone (``if-changed``:
+    a regular file with the same content, whose metadata is then brought up to date)."""
+    if overwrite == "always":
+        return False
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if overwrite == "never":
+        return True
+    if stat.S_ISREG(st.st_mode) and _same_content(repo, name, e, dfd):
+        _set_file_meta_path(dfd, name, e, keep_setuid)
+        return True
+    return False
+
+
 def _write_file(
     repo: Repository, dfd: int, name: bytes, e: Entry, overwrite: str, keep_setuid: bool
 ) -> bool:
-    if overwrite != "always":
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if overwrite == "never":
-                return False
-            if stat.S_ISREG(st.st_mode) and _same_content(repo, name, e, dfd):
-                _set_file_meta_path(dfd, name, e, keep_setuid)
-                return False
+    if _keep_existing(repo, dfd, name, e, overwrite, keep_setuid):
+        return False
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     # Nothing at the name (a fresh restore): create it in place. O_EXCL never follows or
     # clobbers anything. Otherwise write a temp file and rename it over the old entry.
@@ -511,8 +602,8 @@ def _write_file(
         if written != e.size:
             raise StoreError(f"restored size {written} differs from recorded size {e.size}")
         mode = e.mode if keep_setuid else e.mode & ~(stat.S_ISUID | stat.S_ISGID)
+        _chown(fd, e)  # before chmod: chown clears setuid/setgid
         os.fchmod(fd, mode)
-        _chown(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         _set_xattrs_fd(fd, e)
     except BaseException:
@@ -544,8 +635,8 @@ def _set_file_meta_path(dfd: int, name: bytes, e: Entry, keep_setuid: bool) -> N
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     try:
         mode = e.mode if keep_setuid else e.mode & ~(stat.S_ISUID | stat.S_ISGID)
+        _chown(fd, e)  # before chmod: chown clears setuid/setgid
         os.fchmod(fd, mode)
-        _chown(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
     finally:
         os.close(fd)
@@ -574,6 +665,7 @@ def _replace_with_symlink(dfd: int, name: bytes, e: Entry) -> None:
         else:
             os.unlink(tmp, dir_fd=dfd)
             raise
+    _lchown(dfd, name, e)
     try:
         os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
     except (OSError, NotImplementedError):
@@ -593,7 +685,22 @@ def _make_special(dfd: int, name: bytes, e: Entry, devices: bool) -> None:
         os.mknod(name, mode | kind, int(e.payload or 0), dir_fd=dfd)
     else:
         return  # sockets cannot be restored meaningfully
+    # mkfifo/mknod apply the umask: set the recorded mode (and owner) explicitly.
+    _lchown(dfd, name, e)
+    try:
+        os.chmod(name, mode, dir_fd=dfd, follow_symlinks=False)
+    except (NotImplementedError, ValueError):
+        if not stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+            os.chmod(name, mode, dir_fd=dfd)
     os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+
+
+def _lchown(dfd: int, name: bytes, e: Entry) -> None:
+    if _IS_ROOT:
+        try:
+            os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------ zip and single files
@@ -619,16 +726,27 @@ def restore_zip(
     plan = _flatten(repo.load_tree, root, _include_filter(includes))
     progress.start(len(plan.files), "zip")
     files = bytes_total = 0
+    problems: list[Problem] = []
+
+    def zname(rel: bytes) -> str:
+        # ZIP names are UTF-8 (or CP437): a name that is not UTF-8 cannot be stored as it is.
+        try:
+            return rel.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = rel.decode("utf-8", "backslashreplace")
+            problems.append(Problem(escape_path(rel), f"name is not UTF-8; stored as {shown!r}"))
+            return shown
+
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for rel, e in plan.dirs:
             if e is None:
                 continue
-            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape") + "/", _zip_time(e))
+            zi = zipfile.ZipInfo(zname(rel) + "/", _zip_time(e))
             zi.external_attr = (stat.S_IFDIR | (e.mode & 0o777)) << 16 | 0x10
             zf.writestr(zi, b"")
         for rel, e in plan.files:
             check_cancel(cancel)
-            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape"), _zip_time(e))
+            zi = zipfile.ZipInfo(zname(rel), _zip_time(e))
             zi.external_attr = (stat.S_IFREG | (e.mode & 0o777)) << 16
             zi.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(zi, "w", force_zip64=e.size > 2**31) as w:
@@ -638,14 +756,19 @@ def restore_zip(
             bytes_total += e.size
             progress.advance(1)
         for rel, e in plan.links:
-            zi = zipfile.ZipInfo(rel.decode("utf-8", "surrogateescape"), _zip_time(e))
+            zi = zipfile.ZipInfo(zname(rel), _zip_time(e))
             zi.external_attr = (stat.S_IFLNK | 0o777) << 16
             zf.writestr(zi, e.payload if isinstance(e.payload, bytes) else b"")
-    return RestoreResult(files_restored=files, bytes_written=bytes_total)
+    return RestoreResult(files_restored=files, bytes_written=bytes_total, problems=tuple(problems))
 
 
 def _zip_time(e: Entry) -> tuple[int, int, int, int, int, int]:
-    t = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC)
+    try:
+        t = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC)
+    except (ValueError, OverflowError, OSError):
+        return (1980, 1, 1, 0, 0, 0) if e.mtime_ns < 0 else (2107, 12, 31, 23, 59, 58)
     if t.year < 1980:
         return (1980, 1, 1, 0, 0, 0)
+    if t.year > 2107:  # the last time a ZIP header can hold
+        return (2107, 12, 31, 23, 59, 58)
     return (t.year, t.month, t.day, t.hour, t.minute, t.second)

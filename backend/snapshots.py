@@ -75,6 +75,7 @@ class _FileOut:
     st: os.stat_result | None = None
     error: str | None = None
     unstable: bool = False
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -260,7 +261,7 @@ class SnapshotRun:
     # -------------------------------------------------------------- files (worker threads)
 
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileOut:
-        out = _FileOut(st=st)
+        out = _FileOut(st=st, extra=_xattrs(path))
         for attempt in range(3):
             try:
                 fd = os.open(path, _READ_FLAGS | _O_NOATIME)
@@ -480,11 +481,10 @@ class SnapshotRun:
             items.append(_entry_from_stat(name, st, EntryKind.FILE, prev.extra, None, prev.content))
             return False
         is_new = prev is None or prev.kind is not EntryKind.FILE
-        extra = _xattrs(full)
+        extra: dict[str, Any] | None = None  # xattrs are read by the worker
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
-            extra = dict(extra or {})
-            extra["dev"] = st.st_dev
+            extra = {"dev": st.st_dev}
             known = self.hardlinks.get(key)
             if known is not None:
                 base = _entry_from_stat(name, st, EntryKind.FILE, extra)
@@ -584,6 +584,8 @@ class SnapshotRun:
                 ent = _replace_entry(
                     ent, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns
                 )
+            if out.extra:
+                ent = _replace_entry(ent, extra={**(ent.extra or {}), **out.extra})
             entries.append(_replace_entry(ent, content=out.content))
             if item.is_new:
                 c.files_new += 1
