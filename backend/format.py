@@ -153,18 +153,48 @@ def encode_blob(plain: bytes | memoryview, cctx: zstandard.ZstdCompressor | None
 
 
 def decode_blob(stored: bytes, raw_length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
-    """The plaintext of a stored blob (not yet checked against its id)."""
+    """The plaintext of a stored blob (not yet checked against its id).
+
+    The decompressed size is bounded by ``raw_length`` from the index, so a damaged frame that
+    claims a huge size is an ``IntegrityError``, never a giant allocation.
+    """
     if not stored:
         raise IntegrityError("empty stored blob")
     flag = stored[0]
     if flag == FLAG_RAW:
         return stored[1:]
     if flag == FLAG_ZSTD:
+        frame = stored[1:]
         try:
-            return dctx.decompress(stored[1:], max_output_size=max(raw_length, 1))
+            claimed = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"corrupt compressed blob: {exc}") from None
+        if claimed >= 0 and claimed != raw_length:
+            raise IntegrityError(
+                f"compressed blob claims {claimed} bytes, the index says {raw_length}"
+            )
+        try:
+            return dctx.decompress(frame, max_output_size=max(raw_length, 1))
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"corrupt compressed blob: {exc}") from None
     raise IntegrityError(f"unknown blob flag {flag}")
+
+
+def decompress_bounded(frame: bytes, what: str, limit: int) -> bytes:
+    """Decompress a zstd frame whose size must not exceed ``limit`` (damage is not a bomb)."""
+    try:
+        claimed = zstandard.frame_content_size(frame)
+        if claimed > limit:
+            raise IntegrityError(f"{what} claims {claimed} bytes: damaged")
+        dctx = zstandard.ZstdDecompressor()
+        if claimed >= 0:
+            return dctx.decompress(frame)
+        out = dctx.decompressobj().decompress(frame)
+        if len(out) > limit:
+            raise IntegrityError(f"{what} is larger than {limit} bytes: damaged")
+        return out
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt {what}: {exc}") from None
 
 
 # ---------------------------------------------------------------- packs
@@ -240,10 +270,8 @@ def decode_index(data: bytes) -> Iterator[tuple[PackId, list[PackEntry]]]:
         raise IntegrityError("not a snapdeck index segment")
     if data[4] > FORMAT_VERSION:
         raise UnsupportedFormat(f"index format version {data[4]} is newer than supported")
-    try:
-        body = zstandard.ZstdDecompressor().decompress(data[5:])
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"corrupt index segment: {exc}") from None
+    # An index body is at most ~50 bytes per blob; zstd rarely shrinks it below 1/50.
+    body = decompress_bounded(data[5:], "index segment", 64 * 1024 * 1024 + 100 * len(data))
     try:
         (count,) = U32.unpack_from(body, 0)
         pos = 4
@@ -292,47 +320,80 @@ def encode_tree(tree: Tree) -> bytes:
 _KINDS = {k.value: k for k in EntryKind}
 
 
+def _check_entry_name(name: object) -> bytes:
+    if not isinstance(name, bytes):
+        raise IntegrityError("tree entry name is not bytes")
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise IntegrityError(f"tree entry has an unsafe name {name!r}")
+    return name
+
+
+def _check_payload(kind: EntryKind, payload: Any) -> tuple[tuple[BlobId, ...], Any]:
+    """Validate a row's payload for its kind; returns (content, payload)."""
+    if kind is EntryKind.FILE:
+        if payload is None:
+            return (), None
+        if not isinstance(payload, list) or not all(
+            isinstance(b, bytes) and len(b) == 32 for b in payload
+        ):
+            raise IntegrityError("file entry content is not a list of blob ids")
+        return tuple(BlobId(b) for b in payload), None
+    if kind is EntryKind.DIR:
+        if not isinstance(payload, bytes) or len(payload) != 32:
+            raise IntegrityError("directory entry has no valid subtree id")
+        return (), payload
+    if kind is EntryKind.SYMLINK:
+        if not isinstance(payload, bytes):
+            raise IntegrityError("symlink entry has no target")
+        return (), payload
+    if kind in (EntryKind.CHARDEV, EntryKind.BLOCKDEV):
+        if not isinstance(payload, int) or isinstance(payload, bool):
+            raise IntegrityError("device entry has no device number")
+        return (), payload
+    return (), None
+
+
 def decode_tree(data: bytes) -> Tree:
-    """Parse a tree blob; validates entry names (sorted, unique, no '/', NUL, '.', '..')."""
+    """Parse a tree blob; validates entry names (sorted, unique, no '/', NUL, '.', '..'),
+    kinds and payload types, so nothing downstream meets a malformed entry."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
         version = doc["v"]
         rows = doc["e"]
     except Exception as exc:
         raise IntegrityError(f"tree is unreadable: {exc}") from None
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(rows, list):
+        raise IntegrityError("tree header is malformed")
     if version > FORMAT_VERSION:
         raise UnsupportedFormat(f"tree format version {version} is newer than supported")
     entries: list[Entry] = []
     prev = b""
     try:
         for r in rows:
-            name = r[0]
-            if not isinstance(name, bytes):
-                raise IntegrityError("tree entry name is not bytes")
+            name = _check_entry_name(r[0])
             if entries and name <= prev:
                 raise IntegrityError("tree entries are not sorted and unique")
             prev = name
             kind = _KINDS[r[1]]
-            payload: Any = r[7]
-            content: tuple[BlobId, ...] = ()
-            if kind is EntryKind.FILE:
-                content = tuple(payload or ())
-                payload = None
+            content, payload = _check_payload(kind, r[7])
+            extra = r[11]
+            if extra is not None and not isinstance(extra, dict):
+                raise IntegrityError("tree entry extras are malformed")
             entries.append(
                 Entry(
-                    name=name,
-                    kind=kind,
-                    mode=int(r[2]),
-                    uid=int(r[3]),
-                    gid=int(r[4]),
-                    mtime_ns=int(r[5]),
-                    size=int(r[6]),
-                    content=content,
-                    payload=payload,
-                    ino=int(r[8]),
-                    ctime_ns=int(r[9]),
-                    nlink=int(r[10]),
-                    extra=r[11] or None,
+                    name,
+                    kind,
+                    int(r[2]),
+                    int(r[3]),
+                    int(r[4]),
+                    int(r[5]),
+                    int(r[6]),
+                    content,
+                    payload,
+                    int(r[8]),
+                    int(r[9]),
+                    int(r[10]),
+                    extra or None,
                 )
             )
     except IntegrityError:

@@ -51,11 +51,11 @@ class PackWriter:
             parts, entries = self._take_locked()
         return _finish(parts, entries)
 
-    def pending_blob(self, blob_id: BlobId) -> bytes | None:
-        """The stored bytes of a blob that is still buffered here."""
+    def pending_blob(self, blob_id: BlobId) -> tuple[bytes, int] | None:
+        """(stored bytes, raw length) of a blob that is still buffered here."""
         with self._lock:
             i = self._pending.get(blob_id)
-            return None if i is None else self._parts[i]
+            return None if i is None else (self._parts[i], self._entries[i].raw_length)
 
     def finish(self) -> FinishedPack | None:
         """Close the current pack (None if empty)."""

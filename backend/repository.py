@@ -68,6 +68,7 @@ class Repository:
         self._data_writer = PackWriter(PACK_TARGET)
         self._tree_writer = PackWriter(TREE_PACK_TARGET)
         self._unindexed: list[tuple[PackId, tuple[PackEntry, ...]]] = []
+        self._loaded_segments: set[str] = set()
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
         self._tree_cache_entries = 0
         self._local = threading.local()
@@ -149,7 +150,24 @@ class Repository:
         for info in self.storage.list("index"):
             for pack_id, entries in self._read_index_segment(info.name):
                 idx.add_pack(pack_id, entries)
+            self._loaded_segments.add(info.name)
         return idx
+
+    def refresh_index(self) -> int:
+        """Load index segments written since the index was loaded (by another process).
+
+        Returns how many new segments were read.
+        """
+        if self._index is None:
+            return 0
+        new = [i.name for i in self.storage.list("index") if i.name not in self._loaded_segments]
+        for name in new:
+            entries = self._read_index_segment(name)
+            with self._lock:
+                for pack_id, es in entries:
+                    self._index.add_pack(pack_id, es)
+                self._loaded_segments.add(name)
+        return len(new)
 
     def _read_index_segment(self, name: str) -> list[tuple[PackId, list[PackEntry]]]:
         data = self.storage.get("index", name)
@@ -189,6 +207,14 @@ class Repository:
             self.storage.put("data", pack.id, pack.data)
         except ObjectExists:
             pass  # identical content under the same name: already there
+        except BaseException:
+            # The pack is not stored: its blobs must not count as stored, or a later snapshot
+            # in this process would reference blobs that exist nowhere.
+            with self._lock:
+                for e in pack.entries:
+                    self._inflight.pop(e.id, None)
+                    self._reserved.discard(e.id)
+            raise
         with self._lock:
             assert self._index is not None
             self._index.add_pack(pack.id, pack.entries)
@@ -204,12 +230,22 @@ class Repository:
     def _write_index(self) -> None:
         with self._lock:
             packs, self._unindexed = self._unindexed, []
-        if packs:
-            data = fmt.encode_index(packs)
-            try:
-                self.storage.put("index", object_name(data), data)
-            except ObjectExists:
-                pass
+        if not packs:
+            return
+        data = fmt.encode_index(packs)
+        name = object_name(data)
+        try:
+            self.storage.put("index", name, data)
+        except ObjectExists:
+            pass
+        except BaseException:
+            # Not indexed yet: keep them queued so the next flush writes an index naming them
+            # before any snapshot can reference their blobs.
+            with self._lock:
+                self._unindexed = packs + self._unindexed
+            raise
+        with self._lock:
+            self._loaded_segments.add(name)
 
     def flush(self) -> None:
         """Write every buffered blob to a pack and index it (packs first, then the index)."""
@@ -239,8 +275,10 @@ class Repository:
     # ------------------------------------------------------------ reading
 
     def locate(self, blob_id: BlobId) -> Location:
-        """Where a blob is; ``ChunkNotFound`` if the index does not know it."""
+        """Where a blob is; ``ChunkNotFound`` if no index segment names it."""
         loc = self.index.get(blob_id)
+        if loc is None and self.refresh_index():
+            loc = self.index.get(blob_id)
         if loc is None:
             raise ChunkNotFound(f"blob {blob_id.hex()[:12]} is not in the index")
         return loc
@@ -248,21 +286,25 @@ class Repository:
     def read_blob(self, blob_id: BlobId) -> bytes:
         """A blob's plaintext, verified against its id."""
         loc = self.index.get(blob_id)
+        if loc is None:
+            pending = self._pending_stored(blob_id)
+            if pending is None:
+                loc = self.locate(blob_id)  # maybe written by another process since
         if loc is not None:
+            where = f"pack {loc.pack[:12]}"
             stored = self.storage.get_range("data", loc.pack, loc.offset, loc.length)
             if len(stored) != loc.length:
-                raise IntegrityError(
-                    f"pack {loc.pack[:12]} is truncated (blob {blob_id.hex()[:12]})"
-                )
+                raise IntegrityError(f"{where} is truncated (blob {blob_id.hex()[:12]})")
             raw_length = loc.raw_length
         else:
-            stored_opt = self._pending_stored(blob_id)
-            if stored_opt is None:
-                raise ChunkNotFound(f"blob {blob_id.hex()[:12]} is not in the index")
-            stored, raw_length = stored_opt
-        plain = fmt.decode_blob(stored, raw_length, self._dctx())
+            assert pending is not None
+            where = "a pack being written"
+            stored, raw_length = pending
+        try:
+            plain = fmt.decode_blob(stored, raw_length, self._dctx())
+        except IntegrityError as exc:
+            raise IntegrityError(f"blob {blob_id.hex()[:12]} in {where}: {exc}") from None
         if self.hash_blob(plain) != blob_id:
-            where = f"pack {loc.pack[:12]}" if loc else "a pending pack"
             raise IntegrityError(f"blob {blob_id.hex()[:12]} in {where} does not match its id")
         return plain
 
@@ -273,9 +315,9 @@ class Repository:
             pack, e = hit
             return pack.data[e.offset : e.offset + e.length], e.raw_length
         for w in (self._tree_writer, self._data_writer):
-            s = w.pending_blob(blob_id)
-            if s is not None:
-                return s, 1 << 30
+            hit2 = w.pending_blob(blob_id)
+            if hit2 is not None:
+                return hit2
         return None
 
     def load_tree(self, tree_id: BlobId) -> Tree:

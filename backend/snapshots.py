@@ -591,9 +591,10 @@ class SnapshotRun:
                 c.files_new += 1
             else:
                 c.files_changed += 1
-            c.bytes_read += out.bytes_read
-            c.bytes_added += out.bytes_added
-            c.bytes_stored += out.bytes_stored
+            if item.link is None:  # a hardlink's content was read (and counted) once
+                c.bytes_read += out.bytes_read
+                c.bytes_added += out.bytes_added
+                c.bytes_stored += out.bytes_stored
             self.progress.advance(1)
         tid, res = self.sink.save_tree(Tree(tuple(entries)))
         if res.new:

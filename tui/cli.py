@@ -89,16 +89,24 @@ class Ctx:
             self._store = None
 
 
-def emit_json(obj: Any) -> None:
-    """Write one JSON document to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=None, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+def emit_json(obj: Any, *, err: bool = False) -> None:
+    """Write one JSON document to stdout (``err``: to stderr, when stdout carries data)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(json.dumps(obj, indent=None, ensure_ascii=False, default=str) + "\n")
+    stream.flush()
 
 
 def fail(msg: str, code: int = EXIT_ERROR) -> NoReturn:
     """One clear line on stderr, then exit."""
-    click.echo(f"snapdeck: error: {msg}", err=True)
+    one_line = msg.replace("\r", "\\r").replace("\n", "\\n")
+    click.echo(f"snapdeck: error: {one_line}", err=True)
     sys.exit(code)
+
+
+def usage_fail(exc: click.UsageError) -> NoReturn:
+    """A click usage error (bad option, missing argument) as one line, exit 2."""
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    fail(exc.format_message() + hint, exc.exit_code)
 
 
 @contextmanager
@@ -229,11 +237,20 @@ class SnapdeckGroup(click.Group):
         ):
             # `snapdeck`, `snapdeck DIR`, `snapdeck --repo X DIR`: open the UI.
             args = [*_leading_globals(args), "ui", *_trailing(args)]
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            usage_fail(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's options or arguments
+            usage_fail(exc)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
         except StoreError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -242,8 +259,14 @@ class SnapdeckGroup(click.Group):
         except BrokenPipeError:
             sys.exit(EXIT_OK)
         except OSError as exc:
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            filename = getattr(exc, "filename", None)
+            where = f" ({escape_path(filename)})" if isinstance(filename, str | bytes) else ""
             fail(f"{exc.strerror or exc}{where}")
+        except Exception as exc:
+            # A bug: still one line and an exit code, never a traceback (unless debugging).
+            if os.environ.get("SNAPDECK_DEBUG"):
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} (set SNAPDECK_DEBUG=1 for details)")
         finally:
             obj = ctx.obj
             if isinstance(obj, Ctx):
@@ -637,11 +660,19 @@ def restore(
     if zip_path is not None:
         if zip_path == "-":
             res = store.restore_zip(s, sys.stdout.buffer, includes=includes)
+            sys.stdout.buffer.flush()
         else:
             tmp = zip_path + ".part"
-            with open(tmp, "wb") as f:
-                res = store.restore_zip(s, f, includes=includes)
-            os.replace(tmp, zip_path)
+            try:
+                with open(tmp, "wb") as f:
+                    res = store.restore_zip(s, f, includes=includes)
+                os.replace(tmp, zip_path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
     else:
         assert target is not None
         with progress_bar(c, f"restore {s.short_id}") as prog:
@@ -656,12 +687,15 @@ def restore(
                 progress=prog,
                 cancel=c.cancel,
             )
-    _report_restore(c, s, res, target or zip_path or "")
+    # With --zip -, stdout carries the archive: the report (text or JSON) goes to stderr.
+    _report_restore(c, s, res, target or zip_path or "", err=zip_path == "-")
     if res.problems:
         sys.exit(EXIT_PARTIAL if res.files_restored else EXIT_ERROR)
 
 
-def _report_restore(c: Ctx, s: Snapshot, res: RestoreResult, where: str) -> None:
+def _report_restore(
+    c: Ctx, s: Snapshot, res: RestoreResult, where: str, *, err: bool = False
+) -> None:
     for p in res.problems:
         click.echo(f"snapdeck: warning: {p.path}: {p.message}", err=True)
     if c.json:
@@ -678,16 +712,24 @@ def _report_restore(c: Ctx, s: Snapshot, res: RestoreResult, where: str) -> None
                 "bytes_written": res.bytes_written,
                 "actions": [{"action": a, "path": p} for a, p in res.actions],
                 "problems": [{"path": p.path, "message": p.message} for p in res.problems],
-            }
+            },
+            err=err,
         )
         return
+
+    def say(msg: str) -> None:
+        if err:
+            if not c.quiet:
+                click.echo(msg, err=True)
+        else:
+            info(c, msg)
+
     if res.dry_run:
-        for a, p in res.actions:
-            info(c, f"{a:<6} {p}")
-        info(c, f"dry run: would write {res.files_restored} files, skip {res.files_skipped}")
+        for action, path in res.actions:
+            say(f"{action:<6} {path}")
+        say(f"dry run: would write {res.files_restored} files, skip {res.files_skipped}")
     else:
-        info(
-            c,
+        say(
             f"restored {res.files_restored} files ({format_size(res.bytes_written)}), "
             f"{res.dirs_restored} dirs, {res.links_restored} symlinks from {s.short_id} to {where}"
             + (f"; skipped {res.files_skipped}" if res.files_skipped else "")

@@ -98,15 +98,42 @@ def test_chunk_fd_equals_chunk_buffer_around_the_window(
     assert streamed == whole
 
 
-def test_chunk_fd_with_a_stale_size_hint_still_reads_everything(
-    tmp_path: Path, random_data: bytes
-) -> None:
-    """The file grew after stat(): the hint is too small, nothing may be cut off."""
+def test_chunk_fd_reads_exactly_the_size_hint(tmp_path: Path, random_data: bytes) -> None:
+    """chunk_fd reads what stat() said (one read per small file); growth is the caller's to
+    notice by comparing fstat before and after (see test_file_growing_while_read_is_reread)."""
     data = random_data[: 3 * MiB]
     path = tmp_path / "f"
     path.write_bytes(data)
-    assert b"".join(chunks_of_file(path, PARAMS, size_hint=1000)) == data
-    assert chunks_of_file(path, PARAMS, size_hint=1000) == chunks_of_buffer(data, PARAMS)
+    assert b"".join(chunks_of_file(path, PARAMS, size_hint=1000)) == data[:1000]
+    assert b"".join(chunks_of_file(path, PARAMS, size_hint=len(data))) == data
+
+
+def test_file_growing_while_read_is_reread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grows between the walk's lstat and the read is read again, whole."""
+    from backend import snapshots as snapmod
+    from backend.store import Store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "grows.txt"
+    f.write_bytes(b"a" * 1000)
+    real_read_file = snapmod.SnapshotRun._read_file
+    grown = {"done": False}
+
+    def read_file(self: object, path: bytes, st: object) -> object:
+        if path.endswith(b"grows.txt") and not grown["done"]:
+            grown["done"] = True
+            with open(path, "ab") as fh:
+                fh.write(b"b" * 5000)  # grows after lstat, before the read
+        return real_read_file(self, path, st)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapmod.SnapshotRun, "_read_file", read_file)
+    store = Store.init(tmp_path / "repo", cache_dir=None)
+    res = store.create_snapshot(src)
+    assert grown["done"]
+    assert b"".join(store.read_file(res.snapshot, "grows.txt")) == b"a" * 1000 + b"b" * 5000
+    (entry,) = [e for _p, e in store.ls(res.snapshot)]
+    assert entry.size == 6000
 
 
 def test_chunk_fd_with_a_size_hint_above_the_window_on_a_short_file(

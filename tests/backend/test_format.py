@@ -322,9 +322,6 @@ def test_snapshot_with_missing_fields_is_an_integrity_error() -> None:
 # ---------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: decode_tree raises TypeError when 'v' is not an int (outside try)"
-)
 @pytest.mark.parametrize("v", [{}, [1], "1", None])
 def test_tree_with_non_integer_version_is_an_integrity_error(v: Any) -> None:
     with pytest.raises(IntegrityError):
@@ -341,38 +338,22 @@ def _zstd_bomb(content_size: int) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_index trusts the zstd frame content size: 21 damaged bytes -> MemoryError",
-)
 def test_index_whose_frame_claims_a_huge_size_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError):
         list(fmt.decode_index(b"SDIX\x01" + _zstd_bomb(1 << 40)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_blob ignores raw_length when the zstd frame claims a size -> MemoryError",
-)
 def test_blob_whose_frame_claims_a_huge_size_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError):
         fmt.decode_blob(b"\x01" + _zstd_bomb(1 << 40), 10, zstandard.ZstdDecompressor())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_tree does not refuse '', '.', '..', '/' or NUL names (its docstring says it does)",
-)
 @pytest.mark.parametrize("name", [b"", b".", b"..", b"a/b", b"x\x00y"])
 def test_tree_with_unsafe_name_is_an_integrity_error(name: bytes) -> None:
     with pytest.raises(IntegrityError):
         fmt.decode_tree(_tree_bytes(_row(name)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_tree accepts payloads of the wrong type (restore then dies with AttributeError)",
-)
 @pytest.mark.parametrize(
     "row",
     [

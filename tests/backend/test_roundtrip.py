@@ -418,10 +418,6 @@ def test_hardlinked_files_are_restored_as_one_inode(
     assert os.stat(tmp_path / "out" / "a.txt").st_nlink == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a hardlinked file's bytes_read/bytes_added are counted once per link, not once",
-)
 def test_hardlinked_file_content_is_counted_once(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "hl"
     src.mkdir()
