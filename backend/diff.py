@@ -141,8 +141,10 @@ def looks_binary(data: bytes) -> bool:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        # A multi-byte character cut at the 8 KiB edge is still text.
-        return exc.start < len(head) - 4
+        # A multi-byte character cut at the 8 KiB edge is still text; invalid UTF-8 anywhere
+        # else (including near the end of a short file) is not.
+        cut_here = len(data) > len(head) and exc.end == len(head)
+        return not (cut_here and exc.reason == "unexpected end of data")
     return False
 
 
@@ -152,7 +154,12 @@ def unified_text_diff(path: str, before: bytes, after: bytes, context: int = 3) 
         return TextDiff(path, True, ())
     a = before.decode("utf-8", "replace").splitlines(keepends=True)
     b = after.decode("utf-8", "replace").splitlines(keepends=True)
-    lines = difflib.unified_diff(a, b, f"a/{path}", f"b/{path}", n=context)
-    return TextDiff(
-        path, False, tuple(line if line.endswith("\n") else line + "\n" for line in lines)
-    )
+    out: list[str] = []
+    for line in difflib.unified_diff(a, b, f"a/{path}", f"b/{path}", n=context):
+        if line.endswith("\n"):
+            out.append(line)
+        else:
+            # Like diff(1): say so, or "b" and "b\n" would print as the same line.
+            out.append(line + "\n")
+            out.append("\\ No newline at end of file\n")
+    return TextDiff(path, False, tuple(out))

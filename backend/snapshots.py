@@ -184,6 +184,23 @@ def _entry_from_stat(
     )
 
 
+def _scan_dir(path: bytes) -> list[tuple[bytes, os.stat_result | OSError]] | OSError:
+    """A directory's names (sorted) with their lstat results, or the error listing it."""
+    try:
+        with os.scandir(path) as it:
+            names = sorted(de.name for de in it)
+    except OSError as exc:
+        return exc
+    sep = b"/" if path != b"/" else b""
+    out: list[tuple[bytes, os.stat_result | OSError]] = []
+    for name in names:
+        try:
+            out.append((name, os.lstat(path + sep + name)))
+        except OSError as exc:
+            out.append((name, exc))
+    return out
+
+
 def _item_name(item: Entry | _Slot) -> bytes:
     return item.name if isinstance(item, Entry) else item.base.name
 
@@ -252,6 +269,10 @@ class SnapshotRun:
         threads = options.threads or default_threads()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="snap-read")
         self.cpool = ThreadPoolExecutor(threads, thread_name_prefix="snap-zstd")
+        self.scan_pool = ThreadPoolExecutor(4, thread_name_prefix="snap-scan")
+        self._scans: dict[
+            bytes, Future[list[tuple[bytes, os.stat_result | OSError]] | OSError]
+        ] = {}
         self.spec = (
             pathspec.GitIgnoreSpec.from_lines(options.excludes) if options.excludes else None
         )
@@ -347,6 +368,7 @@ class SnapshotRun:
             assert root.tree_id is not None
             return root.tree_id
         finally:
+            self.scan_pool.shutdown(wait=True, cancel_futures=True)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.cpool.shutdown(wait=True, cancel_futures=True)
 
@@ -366,25 +388,32 @@ class SnapshotRun:
             except Exception as exc:  # a damaged parent only costs re-reading
                 log.warning("parent tree unreadable, rescanning %r: %s", rel, exc)
                 node.parent_id = None
-        try:
-            with os.scandir(path) as it:
-                dirents = sorted(it, key=lambda d: d.name)
-        except OSError as exc:
-            self.problems.append(Problem(_show(rel or b"."), exc.strerror or str(exc)))
-            dirents = []
+        fut = self._scans.pop(path, None)
+        listing = fut.result() if fut is not None else _scan_dir(path)
+        if isinstance(listing, OSError):
+            self.problems.append(Problem(_show(rel or b"."), listing.strerror or str(listing)))
+            listing = []
+        # Prefetch the subdirectories' listings and stats on the scan pool: on a cold inode
+        # cache the walk is bound by metadata I/O, and this keeps several requests in flight.
+        sep = b"/" if path != b"/" else b""
+        for name, st_or_exc in listing:
+            if (
+                not isinstance(st_or_exc, OSError)
+                and stat.S_ISDIR(st_or_exc.st_mode)
+                and len(self._scans) < 512
+            ):
+                sub = path + sep + name
+                self._scans[sub] = self.scan_pool.submit(_scan_dir, sub)
         unchanged = node.parent_id is not None
         matched = 0
-        sep = b"/" if path != b"/" else b""
         items = node.items
-        for de in dirents:
-            name: bytes = de.name
+        for name, st_or_exc in listing:
             full = path + sep + name
             crel = rel + b"/" + name if rel else name
-            try:
-                st = os.lstat(full)
-            except OSError as exc:
-                self.problems.append(Problem(_show(crel), exc.strerror or str(exc)))
+            if isinstance(st_or_exc, OSError):
+                self.problems.append(Problem(_show(crel), st_or_exc.strerror or str(st_or_exc)))
                 continue
+            st = st_or_exc
             kind = _kind_of(st.st_mode)
             if kind is None:
                 continue
