@@ -15,7 +15,8 @@ from pyfastcdc import FastCDC
 
 from backend.format import ChunkerParams
 
-WINDOW = 16 * 1024 * 1024
+WINDOW = 8 * 1024 * 1024
+"""Bytes read at a time from a large file (must exceed the maximum chunk size)."""
 _local = threading.local()
 
 

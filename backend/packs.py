@@ -18,15 +18,21 @@ class FinishedPack:
     """A complete pack, ready to be written under its id."""
 
     id: PackId
-    data: bytes
+    parts: list[bytes]
+    """The stored blobs in order (part i is entry i), then the header+trailer."""
     entries: tuple[PackEntry, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes in the pack."""
+        return sum(len(p) for p in self.parts)
 
 
 class PackWriter:
     """Accumulates stored blobs; ``add`` returns a finished pack once the target is reached.
 
-    Blobs are kept as a list of parts and joined once when the pack is finished, so adding
-    a blob never copies the buffer. Thread-safe: several workers may add concurrently.
+    Blobs are kept as a list of parts, hashed and written part by part, so neither adding a
+    blob nor finishing a pack copies the buffer. Thread-safe: several workers may add concurrently.
     """
 
     def __init__(self, target_size: int) -> None:
@@ -73,6 +79,7 @@ class PackWriter:
 
 def _finish(parts: list[bytes], entries: tuple[PackEntry, ...]) -> FinishedPack:
     parts.append(encode_pack_trailer(entries))
-    data = b"".join(parts)  # one allocation; the parts are freed right after
-    parts.clear()
-    return FinishedPack(PackId(blake3.blake3(data, max_threads=1).hexdigest()), data, entries)
+    h = blake3.blake3()
+    for p in parts:  # hashed part by part: the pack is never joined into one buffer
+        h.update(p)
+    return FinishedPack(PackId(h.hexdigest()), parts, entries)

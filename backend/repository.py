@@ -64,7 +64,7 @@ class Repository:
         self._lock = threading.Lock()
         self._index: ChunkIndex | None = None
         self._reserved: set[bytes] = set()
-        self._inflight: dict[bytes, tuple[FinishedPack, PackEntry]] = {}
+        self._inflight: dict[bytes, tuple[FinishedPack, int]] = {}
         self._data_writer = PackWriter(PACK_TARGET)
         self._tree_writer = PackWriter(TREE_PACK_TARGET)
         self._unindexed: list[tuple[PackId, tuple[PackEntry, ...]]] = []
@@ -201,10 +201,10 @@ class Repository:
 
     def _write_pack(self, pack: FinishedPack) -> None:
         with self._lock:
-            for e in pack.entries:
-                self._inflight[e.id] = (pack, e)
+            for i, e in enumerate(pack.entries):
+                self._inflight[e.id] = (pack, i)
         try:
-            self.storage.put("data", pack.id, pack.data)
+            self.storage.put("data", pack.id, pack.parts)
         except ObjectExists:
             pass  # identical content under the same name: already there
         except BaseException:
@@ -312,8 +312,8 @@ class Repository:
         with self._lock:
             hit = self._inflight.get(blob_id)
         if hit is not None:
-            pack, e = hit
-            return pack.data[e.offset : e.offset + e.length], e.raw_length
+            pack, i = hit
+            return pack.parts[i], pack.entries[i].raw_length
         for w in (self._tree_writer, self._data_writer):
             hit2 = w.pending_blob(blob_id)
             if hit2 is not None:

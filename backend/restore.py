@@ -89,8 +89,15 @@ class _Plan:
     part of this restore and must be left alone."""
 
 
-def _include_filter(includes: Sequence[str]) -> list[list[bytes]]:
-    return [split_path(i) for i in includes]
+def _include_filter(
+    includes: Sequence[str], load: Callable[[BlobId], Tree], root: BlobId
+) -> list[list[bytes]]:
+    """The includes as path components; each must exist in the snapshot (``PathNotFound``),
+    so a typo is an error rather than a restore of nothing."""
+    parts = [split_path(i) for i in includes]
+    for p in parts:
+        walk_to(load, root, p)
+    return parts
 
 
 def _selected(rel_parts: list[bytes], includes: list[list[bytes]]) -> tuple[bool, bool]:
@@ -240,7 +247,7 @@ def restore_tree(
     if overwrite not in OVERWRITE_MODES:
         raise UsageError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
     progress = progress or NullProgress()
-    incl = _include_filter(includes)
+    incl = _include_filter(includes, repo.load_tree, root)
     plan = _flatten(repo.load_tree, root, incl)
     total = len(plan.files)
     progress.start(total, "restore")
@@ -723,7 +730,7 @@ def restore_zip(
 ) -> RestoreResult:
     """Write the snapshot (or the included paths) as a ZIP archive to ``out``."""
     progress = progress or NullProgress()
-    plan = _flatten(repo.load_tree, root, _include_filter(includes))
+    plan = _flatten(repo.load_tree, root, _include_filter(includes, repo.load_tree, root))
     progress.start(len(plan.files), "zip")
     files = bytes_total = 0
     problems: list[Problem] = []

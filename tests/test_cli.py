@@ -330,6 +330,7 @@ def test_stats_json_shape(world: World) -> None:
         (["ls", "abc12"], 2, "abc12"),
         (["init"], 1, "already exists"),
         (["restore", "latest", "--target", "t", "--include", "../x"], 2, ".."),
+        (["restore", "latest", "--target", "t", "--include", "sub/typo"], 14, "sub/typo"),
     ],
 )
 def test_errors_are_one_line_with_the_right_exit_code(

@@ -26,6 +26,9 @@ from typing import Protocol, runtime_checkable
 
 from backend.errors import UsageError
 
+Data = bytes | bytearray | memoryview | list[bytes]
+"""What ``put`` accepts: the whole object, or its parts in order."""
+
 KINDS: tuple[str, ...] = ("config", "keys", "data", "index", "snapshots", "locks", "refs")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
@@ -68,10 +71,9 @@ class ObjectStorage(Protocol):
         """True when a ``config`` object exists."""
         ...
 
-    def put(
-        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
-    ) -> None:
-        """Write an object atomically.
+    def put(self, kind: str, name: str, data: Data, *, overwrite: bool = False) -> None:
+        """Write an object atomically. ``data`` may be a list of parts, written in order
+        without being joined first (packs are written this way).
 
         With ``overwrite=False`` (write-once objects) the write is create-if-absent: it raises
         ``ObjectExists`` when the name exists, and of two racing writers exactly one wins. With

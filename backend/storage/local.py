@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backend.errors import ObjectExists, ObjectNotFound, StoreError, UsageError
-from backend.storage.base import KINDS, ObjectInfo, check_name
+from backend.storage.base import KINDS, Data, ObjectInfo, check_name
 
 __all__ = ["LocalStorage", "check_address", "check_kind"]
 
@@ -265,9 +265,7 @@ class LocalStorage:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def put(
-        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
-    ) -> None:
+    def put(self, kind: str, name: str, data: Data, *, overwrite: bool = False) -> None:
         """Write an object atomically.
 
         Args:
@@ -308,15 +306,14 @@ class LocalStorage:
                 self._dirs.clear()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(
-        self, directory: str, path: str, data: bytes | bytearray | memoryview, overwrite: bool
-    ) -> None:
+    def _write(self, directory: str, path: str, data: Data, overwrite: bool) -> None:
         fd, tmp = self._open_temp(directory)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for part in data if isinstance(data, list) else (data,):
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

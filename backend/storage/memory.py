@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 from backend.errors import ObjectExists, ObjectNotFound, UsageError
-from backend.storage.base import KINDS, ObjectInfo
+from backend.storage.base import KINDS, Data, ObjectInfo
 from backend.storage.local import check_address, check_kind
 
 __all__ = ["MemoryStorage"]
@@ -39,9 +39,7 @@ class MemoryStorage:
         """True when the ``config`` object exists."""
         return self.exists("config", "config")
 
-    def put(
-        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
-    ) -> None:
+    def put(self, kind: str, name: str, data: Data, *, overwrite: bool = False) -> None:
         """Store an object.
 
         Args:
@@ -55,7 +53,7 @@ class MemoryStorage:
             UsageError: An invalid address, or a ref name that clashes with a ref folder.
         """
         check_address(kind, name)
-        content = bytes(data)
+        content = b"".join(data) if isinstance(data, list) else bytes(data)
         with self._lock:
             objects = self._objects[kind]
             if kind == "refs":

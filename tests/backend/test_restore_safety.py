@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from backend.errors import IntegrityError, UnsafeRestore, UsageError
+from backend.errors import IntegrityError, PathNotFound, UnsafeRestore, UsageError
 from backend.format import BLOB_DATA
 from backend.ids import BlobId
 from backend.model import Entry, EntryKind, Snapshot, Tree
@@ -285,6 +285,20 @@ def test_include_with_dotdot_is_a_usage_error(tmp_path: Path, store: Store, incl
     with pytest.raises(UsageError):
         store.restore(snap, tmp_path / "target", includes=[include])
     with pytest.raises(UsageError):
+        store.restore_zip(snap, io.BytesIO(), includes=[include])
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize("include", ["nope", "a/nope", "a/x/below-a-file"])
+def test_include_of_a_missing_path_is_an_error_not_an_empty_restore(
+    tmp_path: Path, store: Store, include: str
+) -> None:
+    snap = snapshot_of(tmp_path, store, {"a": {"x": "1"}})
+    with pytest.raises(PathNotFound):
+        store.restore(snap, tmp_path / "target", includes=["a", include])
+    with pytest.raises(PathNotFound):
+        store.restore(snap, tmp_path / "target", includes=[include], dry_run=True)
+    with pytest.raises(PathNotFound):
         store.restore_zip(snap, io.BytesIO(), includes=[include])
     assert not (tmp_path / "target").exists()
 
