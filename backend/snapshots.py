@@ -386,7 +386,9 @@ class SnapshotRun:
             try:
                 pmap = {e.name: e for e in self.sink.load_tree(parent_id).entries}
             except Exception as exc:  # a damaged parent only costs re-reading
-                log.warning("parent tree unreadable, rescanning %r: %s", rel, exc)
+                log.warning(
+                    "parent tree of %s unreadable, reading it again: %s", _show(rel or b"."), exc
+                )
                 node.parent_id = None
         fut = self._scans.pop(path, None)
         listing = fut.result() if fut is not None else _scan_dir(path)

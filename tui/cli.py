@@ -829,9 +829,13 @@ def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
 
 def main() -> None:
     """Console entry point."""
+    import logging
+
     from backend.tuning import tune_malloc
 
     tune_malloc()
+    # Backend warnings (a damaged parent tree, a stale lock broken) as one line each.
+    logging.basicConfig(level=logging.WARNING, format="snapdeck: warning: %(message)s")
     try:
         cli.main(prog_name="snapdeck", standalone_mode=True)
     except SnapshotNotFound as exc:  # pragma: no cover - handled in invoke
