@@ -394,7 +394,11 @@ class SnapshotRun:
         listing = fut.result() if fut is not None else _scan_dir(path)
         if isinstance(listing, OSError):
             self.problems.append(Problem(_show(rel or b"."), listing.strerror or str(listing)))
-            listing = []
+            # Unreadable now: keep what the parent snapshot had (never record it as emptied,
+            # which would make a later restore --delete remove its files).
+            node.unchanged = node.parent_id is not None
+            self.queue.append(node)
+            return node
         # Prefetch the subdirectories' listings and stats on the scan pool: on a cold inode
         # cache the walk is bound by metadata I/O, and this keeps several requests in flight.
         sep = b"/" if path != b"/" else b""
@@ -661,24 +665,33 @@ def _show(rel: bytes) -> str:
 
 
 def escape_path(p: bytes | str) -> str:
-    """Render a path printable: non-UTF-8 bytes as \\xNN, control characters escaped."""
+    """Render a path printable and unambiguous.
+
+    Invalid UTF-8 bytes become ``\\xNN``, control characters ``\\n``, ``\\t``, ``\\xNN`` or
+    ``\\uNNNN``, and a literal backslash is doubled, so distinct names never print alike.
+    """
     if isinstance(p, str):
         p = p.encode("utf-8", "surrogateescape")
-    s = p.decode("utf-8", "backslashreplace")
-    if s.isprintable():
+    s = p.decode("utf-8", "surrogateescape")
+    if s.isprintable() and "\\" not in s:
         return s
     out = []
     for ch in s:
-        if ch.isprintable():
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable():
             out.append(ch)
         elif ch == "\n":
             out.append("\\n")
         elif ch == "\t":
             out.append("\\t")
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
         else:
-            out.append(f"\\u{ord(ch):04x}")
+            out.append(f"\\u{o:04x}")
     return "".join(out)
 
 

@@ -359,7 +359,20 @@ class Store:
             rb = self._subtree(load, self._root(b), parts)
             load_b = load
             to = b.id
-        changes = tuple(diff_trees(load, ra, load_b, rb, b"/".join(parts)))
+        want = b"/".join(parts)
+        if parts and ra is None and rb is None:
+            # PATH is not a directory on either side (a file, or gone): diff the parent
+            # directories and keep what is at PATH or below it.
+            up = parts[:-1]
+            pa = self._subtree(load, self._root(a), up)
+            pb = self._subtree(load_b, self._root(b) if b is not None else root, up)
+            changes = tuple(
+                c
+                for c in diff_trees(load, pa, load_b, pb, b"/".join(up))
+                if c.path == want or c.path.startswith(want + b"/")
+            )
+        else:
+            changes = tuple(diff_trees(load, ra, load_b, rb, want))
         return DiffResult(a.id, to, changes)
 
     @staticmethod

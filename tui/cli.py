@@ -478,9 +478,7 @@ def list_(source: str | None, tags: tuple[str, ...]) -> None:
 
 def _entry_json(path: bytes, e: Entry) -> dict[str, Any]:
     d: dict[str, Any] = {
-        "path": path.decode("utf-8", "surrogateescape")
-        .encode("utf-8", "surrogateescape")
-        .decode("utf-8", "backslashreplace"),
+        "path": escape_path(path),  # the same escaping as diff --json and the text output
         "type": e.kind.name.lower(),
         "mode": oct(e.mode),
         "size": e.size,

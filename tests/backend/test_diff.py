@@ -116,10 +116,6 @@ def test_diff_restricted_to_a_directory(store: Store, src: Path) -> None:
     assert codes(store, a, b) == [("M", b"big/f001"), ("M", b"edit.txt")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Store.diff(path=<a file>) compares None with None and reports no change",
-)
 def test_diff_restricted_to_one_file(store: Store, src: Path) -> None:
     a = snap(store, src)
     (src / "edit.txt").write_text("changed!")
