@@ -33,8 +33,7 @@ test: install system-deps
 	$(BIN)/ruff check backend tui tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy backend
-	$(BIN)/python -m pytest -n 2 -m "not serial" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check backend tui tests bench
