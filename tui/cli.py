@@ -182,46 +182,33 @@ def _set_global(name: str) -> Callable[[click.Context, click.Parameter, Any], No
     return cb
 
 
+def _global_option(*decls: str, attr: str, flag: bool, help: str) -> Callable[[F], F]:
+    return click.option(
+        *decls,
+        is_flag=flag,
+        metavar=None if flag else "PATH",
+        expose_value=False,
+        is_eager=True,
+        callback=_set_global(attr),
+        help=help,
+    )
+
+
 def common(f: F) -> F:
     """Accept the global options after the command name too (``snapdeck list --json``)."""
-    opts = [
-        click.option(
-            "--repo",
-            "-r",
-            metavar="PATH",
-            expose_value=False,
-            is_eager=True,
-            callback=_set_global("repo"),
-            help="Repository (see snapdeck --help).",
-        ),
-        click.option(
-            "--config",
-            metavar="PATH",
-            expose_value=False,
-            is_eager=True,
-            callback=_set_global("config_path"),
-            help="Config file.",
-        ),
-        click.option(
-            "--json",
-            is_flag=True,
-            expose_value=False,
-            is_eager=True,
-            callback=_set_global("json"),
-            help="Machine-readable output on stdout.",
-        ),
-        click.option(
-            "-q",
-            "--quiet",
-            is_flag=True,
-            expose_value=False,
-            is_eager=True,
-            callback=_set_global("quiet"),
-            help="Print only errors.",
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
+    for opt in reversed(
+        [
+            _global_option(
+                "--repo", "-r", attr="repo", flag=False, help="Repository (see snapdeck --help)."
+            ),
+            _global_option("--config", attr="config_path", flag=False, help="Config file."),
+            _global_option(
+                "--json", attr="json", flag=True, help="Machine-readable output on stdout."
+            ),
+            _global_option("-q", "--quiet", attr="quiet", flag=True, help="Print only errors."),
+        ]
+    ):
+        f = opt(f)
     return f
 
 
