@@ -116,6 +116,19 @@ class Catalog:
             for i in ids:
                 self._cache.pop(i, None)
 
+    def get(self, sid: str) -> Snapshot | None:
+        """One cached snapshot by full id (None if the catalog does not have it)."""
+        s = self._cache.get(sid)
+        if s is not None:
+            return s
+        with self._lock:
+            row = self._db.execute("SELECT data FROM snapshots WHERE id=?", (sid,)).fetchone()
+        if row is None:
+            return None
+        s = fmt.decode_snapshot(sid, row[0])
+        self._cache[sid] = s
+        return s
+
     def all(self) -> list[Snapshot]:
         """Every cached snapshot, oldest first."""
         with self._lock:

@@ -22,11 +22,6 @@ ID_LEN = 32
 SHORT_LEN = 8
 
 
-def keyed_hasher(key: bytes) -> blake3.blake3:
-    """A keyed BLAKE3 hasher template; ``.copy()`` it per use."""
-    return blake3.blake3(key=key)
-
-
 def blob_id(key: bytes, data: bytes | memoryview) -> BlobId:
     """The keyed id of a blob's plaintext."""
     return BlobId(blake3.blake3(data, key=key).digest())

@@ -69,15 +69,6 @@ class ChunkIndex:
             raw_length=(v >> 64) & _M32,
         )
 
-    def raw_length(self, blob: BlobId) -> int:
-        """The plaintext length of a known blob (0 if unknown)."""
-        v = self._map.get(blob)
-        return 0 if v is None else (v >> 64) & _M32
-
-    def packs(self) -> list[PackId]:
-        """Every pack that holds at least one indexed blob."""
-        return list(self._packs)
-
     def items(self) -> Iterator[tuple[BlobId, Location]]:
         """Every (blob id, location)."""
         for k in list(self._map):

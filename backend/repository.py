@@ -15,7 +15,6 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -352,11 +351,6 @@ class Repository:
     def snapshot_ids(self) -> list[str]:
         """Every snapshot id in storage."""
         return [i.name for i in self.storage.list("snapshots")]
-
-    def iter_pack_sizes(self) -> Iterator[tuple[str, int]]:
-        """(pack id, size) for every pack in storage."""
-        for info in self.storage.list("data"):
-            yield info.name, info.size
 
 
 def default_threads() -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
+from backend.chunking import chunk_fd
 from backend.errors import PathNotFound, StoreError, UnsafeRestore, UsageError
 from backend.ids import BlobId
 from backend.model import Entry, EntryKind, Problem, RestoreResult, Tree
@@ -546,8 +547,6 @@ def _chown(fd: int, e: Entry) -> None:
 
 def _same_content(repo: Repository, path: bytes, e: Entry, dfd: int | None = None) -> bool:
     """Whether the existing file at ``path`` holds exactly the entry's content."""
-    from backend.chunking import chunk_fd
-
     # O_NONBLOCK: opening a FIFO that sits where the snapshot has a file must not hang.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:

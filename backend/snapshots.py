@@ -12,14 +12,13 @@ changes while it is read is re-read (up to three times) and otherwise flagged.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import os
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +30,7 @@ import pathspec
 from backend.chunking import chunk_fd
 from backend.clock import Clock, SystemClock
 from backend.errors import SourceError
-from backend.format import BLOB_DATA
+from backend.format import BLOB_DATA, encode_tree
 from backend.ids import BlobId
 from backend.model import Entry, EntryKind, Problem, Snapshot, SnapshotResult, SnapshotStats, Tree
 from backend.progress import NullProgress, Progress, check_cancel
@@ -145,8 +144,6 @@ class TreeSink:
     def save_tree(self, tree: Tree) -> tuple[BlobId, PutResult]:
         """Store a tree; in a dry run keep it in memory so a diff can read it back."""
         if self.dry_run:
-            from backend.format import encode_tree
-
             tid = self.repo.hash_blob(encode_tree(tree))
             with self._lock:
                 self._trees[tid] = tree
@@ -800,16 +797,3 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return ""
-
-
-def sources_equal(a: str, b: str) -> bool:
-    """Whether two source strings name the same directory."""
-    return os.path.normpath(a) == os.path.normpath(b)
-
-
-def errno_name(exc: OSError) -> str:
-    """A short name for an OS error."""
-    return errno.errorcode.get(exc.errno or 0, "error")
-
-
-__all__: Sequence[str] = ("SnapshotOptions", "create_snapshot", "escape_path", "scan_live_tree")

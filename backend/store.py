@@ -201,9 +201,9 @@ class Store:
         return snap
 
     def _by_id(self, sid: str) -> Snapshot:
-        for s in self.catalog.all():
-            if s.id == sid:
-                return s
+        cached = self.catalog.get(sid)
+        if cached is not None:
+            return cached
         try:
             return self.repo.load_snapshot(sid)
         except ObjectNotFound:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from backend.config import Config, default_cache_dir, default_repo_path, load_config
-from backend.errors import Cancelled, SnapshotNotFound, StoreError, UsageError
+from backend.errors import Cancelled, StoreError, UsageError
 from backend.model import Entry, EntryKind, RestoreResult, Snapshot
 from backend.snapshots import SnapshotOptions, escape_path
 from backend.store import Store
@@ -29,7 +29,6 @@ from backend.units import format_size
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -823,7 +822,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="snapdeck: warning: %(message)s")
     try:
         cli.main(prog_name="snapdeck", standalone_mode=True)
-    except SnapshotNotFound as exc:  # pragma: no cover - handled in invoke
-        fail(str(exc), exc.exit_code)
     except Cancelled:
         sys.exit(130)
