@@ -115,6 +115,8 @@ class Snapshot:
     trigger: str = "manual"
     """manual, watch, restore-guard or schedule."""
     stats: SnapshotStats = field(default_factory=SnapshotStats)
+    pinned: bool = False
+    """From the snapshot's note (mutable metadata, not part of the snapshot object)."""
 
     @property
     def short_id(self) -> str:
@@ -134,6 +136,7 @@ class Snapshot:
             "message": self.message,
             "author": self.author,
             "trigger": self.trigger,
+            "pinned": self.pinned,
             "tree": self.tree,
             "stats": self.stats.to_dict(),
         }

@@ -7,17 +7,16 @@ one process are serialised with a lock, because TUI workers may overlap.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
-
-import blake3
 
 from backend.catalog import Catalog
 from backend.clock import Clock, SystemClock
@@ -27,11 +26,13 @@ from backend.errors import (
     ObjectNotFound,
     PathNotFound,
     SnapshotNotFound,
+    StoreError,
     UsageError,
 )
 from backend.format import BLOB_DATA, ChunkerParams
 from backend.ids import BlobId
 from backend.locking import RepositoryLock, acquire_lock, break_locks, list_locks
+from backend.meta import Head, Meta, Note, check_ref_name
 from backend.model import (
     DiffResult,
     Entry,
@@ -50,14 +51,8 @@ from backend.storage import ObjectStorage, open_storage
 log = logging.getLogger(__name__)
 
 MIN_PREFIX = 6
-
-
-def head_name(host: str, source: str) -> str:
-    """The ref name of a source's HEAD."""
-    return (
-        "heads/"
-        + blake3.blake3(f"{host}\0{source}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    )
+TOUCH_EVERY_S = 60.0
+"""Accesses to one snapshot closer together than this are recorded once."""
 
 
 class Store:
@@ -83,8 +78,10 @@ class Store:
         self.lock_wait_s = lock_wait_s
         cat_path = cache_dir / repo.config.id / "catalog.sqlite" if cache_dir else None
         self.catalog = Catalog(cat_path, repo.config.id)
+        self.meta = Meta(self.storage)
         self._mutex = threading.RLock()
         self._synced = False
+        self._touched: dict[str, datetime] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -171,6 +168,9 @@ class Store:
         """Snapshots, oldest first, filtered by source, host and tags (all must match)."""
         snaps = self.catalog.sync(self.repo) if refresh or not self._synced else self.catalog.all()
         self._synced = True
+        notes = self.meta.notes()
+        if notes:
+            snaps = [_annotate(s, notes.get(s.id)) for s in snaps]
         if source is not None:
             src = os.path.abspath(source)
             snaps = [s for s in snaps if s.source == src]
@@ -201,15 +201,22 @@ class Store:
         return snap
 
     def _by_id(self, sid: str) -> Snapshot:
-        cached = self.catalog.get(sid)
-        if cached is not None:
-            return cached
-        try:
-            return self.repo.load_snapshot(sid)
-        except ObjectNotFound:
-            raise SnapshotNotFound(f"snapshot {sid[:8]} not found") from None
+        snap = self.catalog.get(sid)
+        if snap is None:
+            try:
+                snap = self.repo.load_snapshot(sid)
+            except ObjectNotFound:
+                raise SnapshotNotFound(f"snapshot {sid[:8]} not found") from None
+        return _annotate(snap, self.meta.note(sid))
+
+    def get(self, sid: str) -> Snapshot:
+        """A snapshot by full id (with its note applied)."""
+        return self._by_id(sid)
 
     def _resolve_base(self, ref: str, source: str | None) -> Snapshot:
+        named = self.meta.ref(ref)
+        if named is not None:
+            return self._by_id(named)
         snaps = self.list_snapshots()
         if not snaps:
             raise SnapshotNotFound("the repository has no snapshots yet")
@@ -245,21 +252,99 @@ class Store:
         """The HEAD snapshot of a source (its files were last known to equal it)."""
         host = host or socket.gethostname()
         src = os.path.abspath(source)
-        try:
-            doc = json.loads(self.storage.get("refs", head_name(host, src)))
-            return self._by_id(str(doc["snapshot"]))
-        except (ObjectNotFound, SnapshotNotFound, ValueError, KeyError):
-            pool = [
-                s for s in self.list_snapshots(refresh=False) if s.source == src and s.host == host
-            ]
-            return pool[-1] if pool else None
+        sid = self.meta.head(host, src)
+        if sid is not None:
+            try:
+                return self._by_id(sid)
+            except SnapshotNotFound:
+                pass
+        pool = [s for s in self.list_snapshots(refresh=False) if s.source == src and s.host == host]
+        return pool[-1] if pool else None
 
     def set_head(self, snap: Snapshot) -> None:
         """Move a source's HEAD (an atomic replace of a small ref)."""
-        doc = {"snapshot": snap.id, "source": snap.source, "host": snap.host}
-        self.storage.put(
-            "refs", head_name(snap.host, snap.source), json.dumps(doc).encode(), overwrite=True
-        )
+        with self._mutex:
+            self.meta.set_head(snap.host, snap.source, snap.id)
+
+    def heads(self) -> list[Head]:
+        """Every source's recorded HEAD."""
+        return self.meta.heads()
+
+    # ------------------------------------------------------------ refs, tags, pins, access
+
+    def refs(self) -> dict[str, str]:
+        """Named refs: name → snapshot id."""
+        return self.meta.refs()
+
+    def add_ref(self, name: str, snap: Snapshot) -> None:
+        """Create or move a named ref to ``snap``."""
+        check_ref_name(name)
+        with self._mutex, self.lock(exclusive=False, operation="ref"):
+            self.meta.set_ref(name, snap.id, self.clock.now())
+
+    def remove_ref(self, name: str) -> None:
+        """Delete a named ref (SnapshotNotFound if there is none)."""
+        with self._mutex, self.lock(exclusive=False, operation="ref"):
+            if not self.meta.remove_ref(name):
+                raise SnapshotNotFound(f"no ref named {name!r}")
+
+    def set_tags(
+        self, snap: Snapshot, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> Snapshot:
+        """Edit a snapshot's tags (its id does not change); returns the edited snapshot."""
+        for t in (*add, *remove):
+            if not t or t != t.strip() or "," in t:
+                raise UsageError(
+                    f"invalid tag {t!r}: tags are non-empty, without ',' or edge spaces"
+                )
+        with self._mutex, self.lock(exclusive=False, operation="tag"):
+            note = self.meta.note(snap.id)
+            base = self.catalog.get(snap.id) or self.repo.load_snapshot(snap.id)
+            tags = list(note.tags if note.tags is not None else base.tags)
+            tags = [t for t in tags if t not in remove]
+            tags += [t for t in add if t not in tags]
+            new = tuple(tags)
+            self.meta.set_note(snap.id, Note(None if new == base.tags else new, note.pinned))
+            return _annotate(base, self.meta.note(snap.id))
+
+    def set_pinned(self, snap: Snapshot, pinned: bool) -> Snapshot:
+        """Pin (protect from retention and eviction) or unpin a snapshot."""
+        with self._mutex, self.lock(exclusive=False, operation="pin"):
+            note = self.meta.note(snap.id)
+            self.meta.set_note(snap.id, Note(note.tags, pinned))
+            return self._by_id(snap.id)
+
+    def protection(self) -> dict[str, list[str]]:
+        """Snapshots that retention and eviction must keep, with why: id → reasons.
+
+        Reasons are ``HEAD``, ``ref NAME`` and ``pinned``.
+        """
+        out: dict[str, list[str]] = {}
+        for h in self.meta.heads():
+            out.setdefault(h.snapshot, []).append("HEAD")
+        for name, sid in sorted(self.meta.refs().items()):
+            out.setdefault(sid, []).append(f"ref {name}")
+        for sid, note in self.meta.notes().items():
+            if note.pinned:
+                out.setdefault(sid, []).append("pinned")
+        return out
+
+    def touch(self, snap: Snapshot) -> None:
+        """Record that a snapshot was accessed (browsed, diffed, restored): a cheap write."""
+        now = self.clock.now()
+        last = self._touched.get(snap.id)
+        if last is not None and (now - last).total_seconds() < TOUCH_EVERY_S:
+            return
+        self._touched[snap.id] = now
+        try:
+            self.meta.touch(snap.id, now)
+        except (StoreError, OSError) as exc:  # read-only repository: access is best effort
+            log.debug("could not record access to %s: %s", snap.short_id, exc)
+
+    def last_access(self) -> dict[str, datetime]:
+        """Every snapshot's last access (its time when never accessed since)."""
+        acc = self.meta.access_times()
+        return {s.id: max(acc.get(s.id, s.time), s.time) for s in self.list_snapshots()}
 
     def create_snapshot(
         self,
@@ -312,6 +397,7 @@ class Store:
     ) -> Iterator[tuple[bytes, Entry]]:
         """(path, entry) for the entries in a directory of a snapshot."""
         parts = split_path(path)
+        self.touch(snap)
         e = walk_to(self.repo.load_tree, self._root(snap), parts)
         prefix = b"/".join(parts)
         if e is not None and e.kind is not EntryKind.DIR:
@@ -347,6 +433,9 @@ class Store:
     ) -> DiffResult:
         """Changes from snapshot ``a`` to ``b``, or to the live directory when ``b`` is None."""
         parts = split_path(path)
+        self.touch(a)
+        if b is not None:
+            self.touch(b)
         load = self.repo.load_tree
         ra = self._subtree(load, self._root(a), parts)
         if b is None:
@@ -427,6 +516,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RestoreResult:
         """Restore a snapshot into a directory (under a shared lock)."""
+        if not dry_run:
+            self.touch(snap)
         ctx: AbstractContextManager[Any] = (
             nullcontext() if dry_run else self.lock(exclusive=False, operation="restore")
         )
@@ -454,6 +545,7 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RestoreResult:
         """Write a snapshot as a ZIP archive."""
+        self.touch(snap)
         with self.lock(exclusive=False, operation="restore"):
             return restore_zip(
                 self.repo,
@@ -496,6 +588,16 @@ class Store:
     def unlock(self, *, all_locks: bool = False) -> int:
         """Remove stale locks (or every lock); returns how many."""
         return break_locks(self.storage, all=all_locks, clock=self.clock)
+
+
+def _annotate(snap: Snapshot, note: Note | None) -> Snapshot:
+    """A snapshot with its note's tags and pin applied (the id never changes)."""
+    if note is None:
+        return snap if not snap.pinned else replace(snap, pinned=False)
+    tags = note.tags if note.tags is not None else snap.tags
+    if tags == snap.tags and note.pinned == snap.pinned:
+        return snap
+    return replace(snap, tags=tags, pinned=note.pinned)
 
 
 def _opts_dict(o: SnapshotOptions) -> dict[str, Any]:

@@ -811,6 +811,10 @@ def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
     run_app(c, list(targets), watch=not no_watch)
 
 
+# The other areas' commands live in their own modules; importing them registers them on `cli`.
+from tui import cmd_check, cmd_copy, cmd_history, cmd_maint  # noqa: E402,F401
+
+
 def main() -> None:
     """Console entry point."""
     import logging

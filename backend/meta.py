@@ -1,0 +1,204 @@
+"""Mutable metadata beside the immutable snapshots: HEADs, named refs, notes and last access.
+
+Everything here is a small JSON object under the ``refs`` kind, each written by an atomic
+replace, so editing never rewrites (or re-ids) a snapshot:
+
+```
+refs/heads/<hash(host, source)>   {"snapshot", "source", "host"}   a source's HEAD
+refs/named/<name>                 {"snapshot", "time"}             a named ref (protects)
+refs/notes/<snapshot id>          {"tags": [...], "pinned": bool}  edited tags, pin
+refs/access/<snapshot id>         {"time"}                         last access (evict)
+```
+
+A note's ``tags`` replace the snapshot's own tags when present. Writers of one object are
+serialised in-process by the Store; across processes the last atomic replace wins, which is
+safe (an object is never half-written) and, for notes, rare (one object per snapshot).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import blake3
+
+from backend.errors import IntegrityError, ObjectNotFound, UsageError
+from backend.storage import ObjectStorage
+
+HEADS = "heads/"
+NAMED = "named/"
+NOTES = "notes/"
+ACCESS = "access/"
+
+_REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RESERVED = {"HEAD", "latest"}
+
+
+def head_name(host: str, source: str) -> str:
+    """The ref object name of a source's HEAD."""
+    key = f"{host}\0{source}".encode("utf-8", "surrogateescape")
+    return HEADS + blake3.blake3(key).hexdigest()[:32]
+
+
+def check_ref_name(name: str) -> str:
+    """A valid ref name, or a UsageError saying what is allowed."""
+    if name in RESERVED or not _REF_NAME.match(name) or name.endswith(".lock"):
+        raise UsageError(
+            f"invalid ref name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(not HEAD or latest, at most 100 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a source's HEAD points."""
+
+    host: str
+    source: str
+    snapshot: str
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Edited tags (None: the snapshot's own) and the pin of one snapshot."""
+
+    tags: tuple[str, ...] | None = None
+    pinned: bool = False
+
+
+class Meta:
+    """Reads and writes the metadata objects of one repository's storage."""
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        self.storage = storage
+
+    # ------------------------------------------------------------ plumbing
+
+    def _get(self, name: str) -> dict | None:
+        try:
+            doc = json.loads(self.storage.get("refs", name))
+        except ObjectNotFound:
+            return None
+        except (ValueError, IntegrityError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _put(self, name: str, doc: dict) -> None:
+        self.storage.put("refs", name, json.dumps(doc, sort_keys=True).encode(), overwrite=True)
+
+    def _delete(self, name: str) -> bool:
+        existed = self.storage.exists("refs", name)
+        self.storage.delete("refs", name)
+        return existed
+
+    def _names(self, prefix: str) -> list[str]:
+        return sorted(i.name for i in self.storage.list("refs") if i.name.startswith(prefix))
+
+    # ------------------------------------------------------------ heads
+
+    def head(self, host: str, source: str) -> str | None:
+        """The snapshot id a source's HEAD points at (None: no HEAD recorded)."""
+        doc = self._get(head_name(host, source))
+        sid = doc.get("snapshot") if doc else None
+        return sid if isinstance(sid, str) else None
+
+    def set_head(self, host: str, source: str, snapshot: str) -> None:
+        """Move a source's HEAD."""
+        self._put(head_name(host, source), {"snapshot": snapshot, "source": source, "host": host})
+
+    def heads(self) -> list[Head]:
+        """Every recorded HEAD."""
+        out = []
+        for name in self._names(HEADS):
+            doc = self._get(name)
+            if doc and all(isinstance(doc.get(k), str) for k in ("snapshot", "source", "host")):
+                out.append(Head(doc["host"], doc["source"], doc["snapshot"]))
+        return out
+
+    # ------------------------------------------------------------ named refs
+
+    def refs(self) -> dict[str, str]:
+        """Named refs: name → snapshot id."""
+        out = {}
+        for name in self._names(NAMED):
+            doc = self._get(name)
+            if doc and isinstance(doc.get("snapshot"), str):
+                out[name[len(NAMED) :]] = doc["snapshot"]
+        return out
+
+    def ref(self, name: str) -> str | None:
+        """The snapshot id a named ref points at."""
+        if name in RESERVED or not _REF_NAME.match(name):
+            return None
+        doc = self._get(NAMED + name)
+        sid = doc.get("snapshot") if doc else None
+        return sid if isinstance(sid, str) else None
+
+    def set_ref(self, name: str, snapshot: str, when: datetime) -> None:
+        """Create or move a named ref."""
+        self._put(NAMED + check_ref_name(name), {"snapshot": snapshot, "time": when.isoformat()})
+
+    def remove_ref(self, name: str) -> bool:
+        """Delete a named ref; False if there was none."""
+        return self._delete(NAMED + check_ref_name(name))
+
+    # ------------------------------------------------------------ notes (tags, pins)
+
+    def notes(self) -> dict[str, Note]:
+        """Every snapshot's note: id → Note."""
+        out = {}
+        for name in self._names(NOTES):
+            note = self._parse_note(self._get(name))
+            if note is not None:
+                out[name[len(NOTES) :]] = note
+        return out
+
+    def note(self, snapshot: str) -> Note:
+        """One snapshot's note (empty when it has none)."""
+        return self._parse_note(self._get(NOTES + snapshot)) or Note()
+
+    @staticmethod
+    def _parse_note(doc: dict | None) -> Note | None:
+        if not doc:
+            return None
+        tags = doc.get("tags")
+        if tags is not None and not (
+            isinstance(tags, list) and all(isinstance(t, str) for t in tags)
+        ):
+            tags = None
+        return Note(tuple(tags) if tags is not None else None, bool(doc.get("pinned", False)))
+
+    def set_note(self, snapshot: str, note: Note) -> None:
+        """Replace a snapshot's note (an empty note is deleted)."""
+        if note.tags is None and not note.pinned:
+            self._delete(NOTES + snapshot)
+            return
+        doc: dict[str, object] = {"pinned": note.pinned}
+        if note.tags is not None:
+            doc["tags"] = list(note.tags)
+        self._put(NOTES + snapshot, doc)
+
+    # ------------------------------------------------------------ last access
+
+    def access_times(self) -> dict[str, datetime]:
+        """Recorded last-access times: id → time."""
+        out = {}
+        for name in self._names(ACCESS):
+            doc = self._get(name)
+            try:
+                out[name[len(ACCESS) :]] = datetime.fromisoformat(str(doc["time"]))  # type: ignore[index]
+            except (TypeError, KeyError, ValueError):
+                continue
+        return out
+
+    def touch(self, snapshot: str, when: datetime) -> None:
+        """Record an access."""
+        self._put(ACCESS + snapshot, {"time": when.isoformat()})
+
+    def forget(self, snapshot: str) -> None:
+        """Drop a removed snapshot's note and access record."""
+        self._delete(NOTES + snapshot)
+        self._delete(ACCESS + snapshot)
