@@ -383,6 +383,25 @@ class Store:
             self.set_head(result.snapshot)
         return result
 
+    def forget(self, ids: Sequence[str]) -> list[str]:
+        """Remove snapshot objects (data stays until ``prune``); returns the ids removed.
+
+        Runs under a shared lock: removing a snapshot never removes data another writer may
+        need (only prune, under the exclusive lock, deletes packs). Their notes and access
+        records go too; a HEAD or ref pointing at one is left dangling and resolves to
+        nothing, so callers keep protected snapshots (see ``protection``).
+        """
+        removed = []
+        with self._mutex, self.lock(exclusive=False, operation="forget"):
+            for sid in ids:
+                if not self.storage.exists("snapshots", sid):
+                    continue
+                self.storage.delete("snapshots", sid)
+                self.meta.forget(sid)
+                removed.append(sid)
+            self.catalog.remove(removed)
+        return removed
+
     # ------------------------------------------------------------ reading
 
     def _root(self, snap: Snapshot) -> BlobId:

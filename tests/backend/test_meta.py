@@ -100,3 +100,14 @@ def test_concurrent_tag_edits_in_process_lose_nothing(store: Store, src: Path) -
     for t in threads:
         t.join()
     assert sorted(store.get(snap.id).tags) == sorted(tags)
+
+
+def test_forget_removes_snapshot_and_its_note(store: Store, src: Path) -> None:
+    s1 = store.create_snapshot(src).snapshot
+    store.set_tags(s1, add=["old"])
+    (src / "a.txt").write_text("two")
+    s2 = store.create_snapshot(src).snapshot
+    assert store.forget([s1.id, "0" * 64]) == [s1.id]
+    assert [s.id for s in store.list_snapshots()] == [s2.id]
+    assert store.meta.notes() == {}
+    assert b"two" == b"".join(store.read_file(s2, "a.txt"))
