@@ -79,7 +79,7 @@ class Catalog:
         rows = []
         for sid in new:
             try:
-                data = repo.storage.get("snapshots", sid)
+                data = repo.load_snapshot_bytes(sid)  # opened when the repository is encrypted
                 snap = fmt.decode_snapshot(sid, data)
             except (ObjectNotFound, IntegrityError) as exc:
                 log.warning("skipping unreadable snapshot %s: %s", sid[:8], exc)

@@ -293,8 +293,12 @@ class WatchConfig:
     full_rescan_s: int = field(default=600, metadata=_checked(_integer(0)))
     """Seconds between full rescans, which catch events the OS dropped. 0: never."""
     ignore: tuple[str, ...] = field(default=(), metadata=_checked(_string_list()))
-    """``.gitignore``-style patterns whose changes never trigger a checkpoint (the repository
-    and caches are always ignored)."""
+    """``.gitignore``-style patterns watch mode ignores: their changes never trigger a
+    checkpoint and watch checkpoints leave them out, like the lines of a ``.snapdeckignore``
+    file in the watched directory (the repository and caches are always ignored)."""
+    fallback_rescan_s: int = field(default=30, metadata=_checked(_integer(1)))
+    """Seconds between rescans of what cannot be watched for events: directories holding
+    names that are not UTF-8, or everything once the OS watch limit is reached."""
     retention: RetentionConfig = field(
         default_factory=RetentionConfig, metadata={"section": RetentionConfig}
     )
@@ -332,9 +336,10 @@ class S3Config:
     """``[s3]``: an S3-compatible object store for the repository."""
 
     endpoint: str = field(default="", metadata=_checked(_string()))
-    """The endpoint URL, like ``"https://s3.example.com"``. Empty: none."""
+    """The endpoint URL, like ``"https://s3.example.com"``. Empty: AWS S3. The environment
+    (``SNAPDECK_S3_ENDPOINT``, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``) wins over it."""
     region: str = field(default="", metadata=_checked(_string()))
-    """The region name. Empty: none."""
+    """The region name. Empty: ``us-east-1``. ``AWS_REGION``/``AWS_DEFAULT_REGION`` win."""
     path_style: bool = field(default=True, metadata=_checked(_boolean()))
     """Address buckets as ``endpoint/bucket`` (true) rather than ``bucket.endpoint`` (false)."""
     access_key_id: str = field(default="", metadata=_checked(_string()))

@@ -16,6 +16,8 @@
     ├── ConfigError (2)                 a malformed config file or unknown key
     ├── SourceError (2)                 a source path that does not exist or is not a directory
     ├── UnsafeRestore (1)               a restore that would write outside its target
+    ├── PasswordRequired (15)           an encrypted repository and no password given
+    ├── WrongPassword (15)              the password opens no key of the repository
     └── Cancelled (130)                 the operation was cancelled by the user
 
 The CLI maps ``exit_code`` to the process exit status. ``PartialSuccess`` (exit 3) is not an
@@ -120,3 +122,18 @@ class Cancelled(StoreError):
     """The user cancelled the operation."""
 
     exit_code = 130
+
+
+# ---------------------------------------------------------------- encryption (issue 6)
+
+
+class PasswordRequired(StoreError):
+    """An encrypted repository was opened without any password source."""
+
+    exit_code = 15
+
+
+class WrongPassword(StoreError):
+    """The password does not open any key of the repository."""
+
+    exit_code = 15

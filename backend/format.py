@@ -31,13 +31,29 @@ Snapshot (``snapshots/<id>``), id = BLAKE3 of the JSON bytes: see ``Snapshot`` i
 
 Any object of a newer version raises ``UnsupportedFormat``; anything malformed raises
 ``IntegrityError`` naming the object.
+
+Encrypted repositories (repository format version 2 = version 1 + encryption; see crypto.py).
+Every object keeps its version-1 encoding inside a sealed box (``nonce | ciphertext | tag``);
+an unencrypted repository is written exactly as version 1, byte for byte. Version 2 exists so
+that a snapdeck that predates encryption refuses such a repository with "upgrade snapdeck"
+instead of misreading it. The config gains ``"encryption": {"cipher": name}`` and loses
+``id_key`` (derived from the master key; so is the chunker seed, stored as 0)::
+
+    stored blob     sealed(flag + payload), associated data = the blob id
+    pack            blob_0 … blob_n-1 | sealed(header) | len u32 | b"SDPE" | version u8
+    index segment   b"SDIE" | version u8 | sealed(zstd(body as in v1))
+    snapshot        b"SDSE" | version u8 | sealed(JSON as in v1)
+    ref (refs/…)    b"SDRE" | version u8 | sealed(JSON), associated data binds the ref's name
+
+Object names stay the plain BLAKE3 of the stored (sealed) bytes, so ``check`` can verify every
+object against its name without the key.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,6 +67,8 @@ from backend.model import Entry, EntryKind, Snapshot, SnapshotStats, Tree
 
 FORMAT_VERSION = 1
 REPO_FORMAT = "snapdeck-repository"
+ENCRYPTED_REPO_VERSION = 2
+"""Repository (config) version of encrypted repositories; their objects are v1 inside."""
 
 BLOB_DATA = 0
 BLOB_TREE = 1
@@ -60,6 +78,12 @@ FLAG_ZSTD = 1
 
 PACK_MAGIC = b"SDPK"
 INDEX_MAGIC = b"SDIX"
+PACK_MAGIC_SEALED = b"SDPE"
+INDEX_MAGIC_SEALED = b"SDIE"
+SNAPSHOT_MAGIC_SEALED = b"SDSE"
+REF_MAGIC_SEALED = b"SDRE"
+SEAL_OVERHEAD = 28
+"""nonce + tag of a sealed box (crypto.OVERHEAD; format stays free of crypto imports)."""
 ENTRY = struct.Struct("<B32sQII")
 TRAILER = struct.Struct("<I4sB")
 U32 = struct.Struct("<I")
@@ -88,6 +112,13 @@ class RepoConfig:
     compression_level: int
     id_key: bytes
     version: int = FORMAT_VERSION
+    cipher: str | None = None
+    """The AEAD of an encrypted repository (None: not encrypted)."""
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the repository's objects are sealed."""
+        return self.cipher is not None
 
 
 def encode_config(cfg: RepoConfig) -> bytes:
@@ -104,8 +135,14 @@ def encode_config(cfg: RepoConfig) -> bytes:
             "seed": cfg.chunker.seed,
         },
         "compression": {"algorithm": "zstd", "level": cfg.compression_level},
-        "id_key": cfg.id_key.hex(),
     }
+    if cfg.cipher is None:
+        doc["id_key"] = cfg.id_key.hex()
+    else:
+        # The id key and chunker seed are derived from the master key: never stored here.
+        doc["chunker"]["seed"] = 0  # type: ignore[index]
+        doc["encryption"] = {"cipher": cfg.cipher}
+        doc["version"] = max(cfg.version, ENCRYPTED_REPO_VERSION)
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
@@ -118,16 +155,39 @@ def decode_config(data: bytes) -> RepoConfig:
         version = int(doc["version"])
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"repository config is unreadable: {exc}") from None
-    if version > FORMAT_VERSION:
+    if version > ENCRYPTED_REPO_VERSION:
         raise UnsupportedFormat(
             f"repository format version {version} is newer than this snapdeck supports "
-            f"({FORMAT_VERSION}); upgrade snapdeck"
+            f"({ENCRYPTED_REPO_VERSION}); upgrade snapdeck"
         )
     try:
         ch = doc["chunker"]
         comp = doc["compression"]
         if comp.get("algorithm") != "zstd":
             raise UnsupportedFormat(f"unknown compression {comp.get('algorithm')!r}")
+        enc = doc.get("encryption")
+        if enc is None and version >= ENCRYPTED_REPO_VERSION:
+            # Version 2 is "version 1 + encryption"; a v2 config without it is not ours.
+            raise UnsupportedFormat(
+                f"repository format version {version} is newer than this snapdeck supports "
+                f"({FORMAT_VERSION} unencrypted); upgrade snapdeck"
+            )
+        if enc is not None and version < ENCRYPTED_REPO_VERSION:
+            raise ValueError("encryption needs repository format version 2")
+        if enc is not None:
+            if not isinstance(enc, dict) or not isinstance(enc.get("cipher"), str):
+                raise ValueError("encryption section is malformed")
+            if "id_key" in doc:
+                raise ValueError("an encrypted repository must not store its id key")
+            return RepoConfig(
+                id=str(doc["id"]),
+                created=str(doc["created"]),
+                chunker=ChunkerParams(int(ch["min"]), int(ch["avg"]), int(ch["max"]), 0),
+                compression_level=int(comp["level"]),
+                id_key=b"",
+                version=version,
+                cipher=enc["cipher"],
+            )
         return RepoConfig(
             id=str(doc["id"]),
             created=str(doc["created"]),
@@ -211,24 +271,41 @@ class PackEntry:
     raw_length: int
 
 
-def encode_pack_trailer(entries: Sequence[PackEntry]) -> bytes:
-    """The header and trailer appended after a pack's blobs."""
+Sealer = Callable[[bytes], bytes]
+"""Seals (or opens) one metadata object; supplied by the repository of an encrypted repo."""
+
+
+def encode_pack_trailer(entries: Sequence[PackEntry], seal: Sealer | None = None) -> bytes:
+    """The header and trailer appended after a pack's blobs (header sealed when ``seal``)."""
     header = b"".join(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+    if seal is not None:
+        header = seal(header)
+        return header + TRAILER.pack(len(header), PACK_MAGIC_SEALED, FORMAT_VERSION)
     return header + TRAILER.pack(len(header), PACK_MAGIC, FORMAT_VERSION)
 
 
-def decode_pack_trailer(tail: bytes, pack_size: int) -> int:
-    """Validate the 9-byte trailer; return the header length."""
+def read_pack_trailer(tail: bytes, pack_size: int) -> tuple[int, bool]:
+    """Validate the 9-byte trailer; return (header length, whether the header is sealed)."""
     if len(tail) != TRAILER.size:
         raise IntegrityError("pack too short for a trailer")
     hlen, magic, version = TRAILER.unpack(tail)
-    if magic != PACK_MAGIC:
+    if magic not in (PACK_MAGIC, PACK_MAGIC_SEALED):
         raise IntegrityError("not a snapdeck pack (bad magic)")
     if version > FORMAT_VERSION:
         raise UnsupportedFormat(f"pack format version {version} is newer than supported")
-    if hlen % ENTRY.size or hlen + TRAILER.size > pack_size:
+    sealed = magic == PACK_MAGIC_SEALED
+    body = hlen - SEAL_OVERHEAD if sealed else hlen
+    if body < 0 or body % ENTRY.size or hlen + TRAILER.size > pack_size:
         raise IntegrityError("pack header length is invalid")
-    return int(hlen)
+    return int(hlen), sealed
+
+
+def decode_pack_trailer(tail: bytes, pack_size: int) -> int:
+    """Validate the 9-byte trailer of an unencrypted pack; return the header length."""
+    hlen, sealed = read_pack_trailer(tail, pack_size)
+    if sealed:
+        raise IntegrityError("pack header is encrypted (read it through the repository)")
+    return hlen
 
 
 def decode_pack_header(header: bytes, data_size: int) -> list[PackEntry]:
@@ -241,18 +318,32 @@ def decode_pack_header(header: bytes, data_size: int) -> list[PackEntry]:
     return out
 
 
-def split_pack(data: bytes) -> list[PackEntry]:
-    """Parse the header of a whole pack held in memory."""
-    hlen = decode_pack_trailer(data[-TRAILER.size :], len(data))
+def split_pack(data: bytes, open_header: Sealer | None = None) -> list[PackEntry]:
+    """Parse the header of a whole pack held in memory.
+
+    ``open_header`` is given for encrypted repositories, whose packs must all be sealed.
+    """
+    hlen, sealed = read_pack_trailer(data[-TRAILER.size :], len(data))
     end = len(data) - TRAILER.size
-    return decode_pack_header(data[end - hlen : end], end - hlen)
+    header = data[end - hlen : end]
+    if sealed != (open_header is not None):
+        raise IntegrityError(
+            "pack header is encrypted (read it through the repository)"
+            if sealed
+            else "pack header is not encrypted, in an encrypted repository"
+        )
+    if open_header is not None:
+        header = open_header(header)
+    return decode_pack_header(header, end - hlen)
 
 
 # ---------------------------------------------------------------- index segments
 
 
-def encode_index(packs: Iterable[tuple[PackId, Sequence[PackEntry]]]) -> bytes:
-    """Serialise an index segment covering the given packs."""
+def encode_index(
+    packs: Iterable[tuple[PackId, Sequence[PackEntry]]], seal: Sealer | None = None
+) -> bytes:
+    """Serialise an index segment covering the given packs (sealed when ``seal``)."""
     parts: list[bytes] = []
     count = 0
     for pack_id, entries in packs:
@@ -261,17 +352,35 @@ def encode_index(packs: Iterable[tuple[PackId, Sequence[PackEntry]]]) -> bytes:
         parts.append(U32.pack(len(entries)))
         parts.extend(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
     body = U32.pack(count) + b"".join(parts)
-    return INDEX_MAGIC + bytes([FORMAT_VERSION]) + zstandard.ZstdCompressor(level=3).compress(body)
+    frame = zstandard.ZstdCompressor(level=3).compress(body)
+    if seal is not None:
+        return INDEX_MAGIC_SEALED + bytes([FORMAT_VERSION]) + seal(frame)
+    return INDEX_MAGIC + bytes([FORMAT_VERSION]) + frame
 
 
-def decode_index(data: bytes) -> Iterator[tuple[PackId, list[PackEntry]]]:
-    """Parse an index segment into (pack id, entries) pairs."""
-    if len(data) < 5 or data[:4] != INDEX_MAGIC:
+def decode_index(
+    data: bytes, open_: Sealer | None = None
+) -> Iterator[tuple[PackId, list[PackEntry]]]:
+    """Parse an index segment into (pack id, entries) pairs.
+
+    ``open_`` is given for encrypted repositories, whose segments must all be sealed.
+    """
+    if len(data) < 5 or data[:4] not in (INDEX_MAGIC, INDEX_MAGIC_SEALED):
         raise IntegrityError("not a snapdeck index segment")
     if data[4] > FORMAT_VERSION:
         raise UnsupportedFormat(f"index format version {data[4]} is newer than supported")
+    frame = data[5:]
+    sealed = data[:4] == INDEX_MAGIC_SEALED
+    if sealed != (open_ is not None):
+        raise IntegrityError(
+            "index segment is encrypted (read it through the repository)"
+            if sealed
+            else "index segment is not encrypted, in an encrypted repository"
+        )
+    if open_ is not None:
+        frame = open_(frame)
     # An index body is at most ~50 bytes per blob; zstd rarely shrinks it below 1/50.
-    body = decompress_bounded(data[5:], "index segment", 64 * 1024 * 1024 + 100 * len(data))
+    body = decompress_bounded(frame, "index segment", 64 * 1024 * 1024 + 100 * len(data))
     try:
         (count,) = U32.unpack_from(body, 0)
         pos = 4
@@ -449,3 +558,20 @@ def decode_snapshot(snap_id: str, data: bytes) -> Snapshot:
         )
     except Exception as exc:
         raise IntegrityError(f"snapshot {snap_id[:8]} is malformed: {exc}") from None
+
+
+# ---------------------------------------------------------------- sealed envelopes (encryption)
+
+
+def wrap_sealed(magic: bytes, sealed: bytes) -> bytes:
+    """A sealed snapshot or ref object: magic, version, then the sealed box."""
+    return magic + bytes([FORMAT_VERSION]) + sealed
+
+
+def unwrap_sealed(magic: bytes, data: bytes, what: str) -> bytes:
+    """The sealed box inside an object written by ``wrap_sealed``."""
+    if len(data) < 5 + SEAL_OVERHEAD or data[:4] != magic:
+        raise IntegrityError(f"{what} is not an encrypted snapdeck object")
+    if data[4] > FORMAT_VERSION:
+        raise UnsupportedFormat(f"{what} has a newer format ({data[4]})")
+    return data[5:]

@@ -224,6 +224,7 @@ class RepositoryLock:
         self._stop = threading.Event()
         self._released = False
         self._lost_reason: str | None = None
+        self._lost_event = threading.Event()
         self._thread: threading.Thread | None = None
         if refresh:
             self._thread = threading.Thread(
@@ -251,6 +252,21 @@ class RepositoryLock:
         """Whether the lock can no longer be trusted (see ``check``)."""
         return self._lost_reason is not None
 
+    @property
+    def lost_event(self) -> threading.Event:
+        """Set as soon as the lock is known lost (see ``cancel_when_lost``)."""
+        return self._lost_event
+
+    def _lose(self, reason: str) -> None:
+        self._lost_reason = reason
+        self._lost_event.set()
+
+    def cancel_when_lost(self, cancel: threading.Event | None = None) -> threading.Event:
+        """A cancel event for a long operation: set when ``cancel`` is, or when this lock is
+        lost, so the operation stops between units of work instead of writing on without it.
+        After the operation raises ``Cancelled``, call ``check()`` to tell the two apart."""
+        return _EitherEvent(cancel, self._lost_event)
+
     def check(self) -> None:
         """Raise unless the lock is still ours.
 
@@ -261,7 +277,7 @@ class RepositoryLock:
         if self._released:
             raise StoreLocked("the repository lock was already released")
         if self._lost_reason is None and self._clock.now() > self._info.expires:
-            self._lost_reason = f"its lease expired at {self._info.expires.isoformat()}"
+            self._lose(f"its lease expired at {self._info.expires.isoformat()}")
         if self._lost_reason is not None:
             raise StoreLocked(
                 f"lost the repository lock ({self._lost_reason}); stopping so another process "
@@ -279,7 +295,7 @@ class RepositoryLock:
             if self._released:
                 return
             if not self._storage.exists(KIND, self._info.name):
-                self._lost_reason = "its lock object was removed by someone else"
+                self._lose("its lock object was removed by someone else")
                 raise StoreLocked(f"lost the repository lock ({self._lost_reason})")
             renewed = replace(self._info, expires=self._clock.now() + self._lease)
             self._storage.put(KIND, renewed.name, renewed.to_json(), overwrite=True)
@@ -301,7 +317,7 @@ class RepositoryLock:
                     failing_since = now
                 logger.warning("cannot renew repository lock %s: %s", self._info.name, exc)
                 if now - failing_since > self._lease_s / 2:
-                    self._lost_reason = f"renewing it failed for {now - failing_since:.1f}s: {exc}"
+                    self._lose(f"renewing it failed for {now - failing_since:.1f}s: {exc}")
                     logger.error("lost the repository lock (%s)", self._lost_reason)
                     return
             else:
@@ -423,6 +439,18 @@ def acquire_lock(
         logger.debug("waiting %.3fs for %s", pause, holder.describe())
         time.sleep(pause)
         delay = min(delay * 2, BACKOFF_CAP_S)
+
+
+class _EitherEvent(threading.Event):
+    """An event that also reads as set when any of the given events is set (polled only:
+    operations call ``is_set()`` between units of work)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        super().__init__()
+        self._events = tuple(e for e in events if e is not None)
+
+    def is_set(self) -> bool:
+        return super().is_set() or any(e.is_set() for e in self._events)
 
 
 def _mode(exclusive: bool) -> str:

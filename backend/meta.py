@@ -13,6 +13,10 @@ refs/access/<snapshot id>         {"time"}                         last access (
 A note's ``tags`` replace the snapshot's own tags when present. Writers of one object are
 serialised in-process by the Store; across processes the last atomic replace wins, which is
 safe (an object is never half-written) and, for notes, rare (one object per snapshot).
+
+In an encrypted repository (``crypto`` given) every object's JSON is sealed with the metadata
+key, its name bound as associated data (a note cannot be moved to another snapshot), and a
+HEAD's name is keyed, so neither reveals the source path. Named refs keep their name visible.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from datetime import datetime
 
 import blake3
 
+from backend import format as fmt
+from backend.crypto import Crypto
 from backend.errors import IntegrityError, ObjectNotFound, UsageError
 from backend.storage import ObjectStorage
 
@@ -36,10 +42,11 @@ _REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RESERVED = {"HEAD", "latest"}
 
 
-def head_name(host: str, source: str) -> str:
-    """The ref object name of a source's HEAD."""
-    key = f"{host}\0{source}".encode("utf-8", "surrogateescape")
-    return HEADS + blake3.blake3(key).hexdigest()[:32]
+def head_name(host: str, source: str, key: bytes | None = None) -> str:
+    """The ref object name of a source's HEAD (``key``: keyed, for encrypted repositories)."""
+    ident = f"{host}\0{source}".encode("utf-8", "surrogateescape")
+    h = blake3.blake3(ident, key=key) if key is not None else blake3.blake3(ident)
+    return HEADS + h.hexdigest()[:32]
 
 
 def check_ref_name(name: str) -> str:
@@ -72,14 +79,20 @@ class Note:
 class Meta:
     """Reads and writes the metadata objects of one repository's storage."""
 
-    def __init__(self, storage: ObjectStorage) -> None:
+    def __init__(self, storage: ObjectStorage, crypto: Crypto | None = None) -> None:
         self.storage = storage
+        self.crypto = crypto
+        self._name_key = crypto.ref_name_key if crypto is not None else None
 
     # ------------------------------------------------------------ plumbing
 
     def _get(self, name: str) -> dict | None:
         try:
-            doc = json.loads(self.storage.get("refs", name))
+            raw = self.storage.get("refs", name)
+            if self.crypto is not None:
+                box = fmt.unwrap_sealed(fmt.REF_MAGIC_SEALED, raw, f"ref {name}")
+                raw = self.crypto.open_ref(name, box)
+            doc = json.loads(raw)
         except ObjectNotFound:
             return None
         except (ValueError, IntegrityError):
@@ -87,7 +100,10 @@ class Meta:
         return doc if isinstance(doc, dict) else None
 
     def _put(self, name: str, doc: dict) -> None:
-        self.storage.put("refs", name, json.dumps(doc, sort_keys=True).encode(), overwrite=True)
+        data = json.dumps(doc, sort_keys=True).encode()
+        if self.crypto is not None:
+            data = fmt.wrap_sealed(fmt.REF_MAGIC_SEALED, self.crypto.seal_ref(name, data))
+        self.storage.put("refs", name, data, overwrite=True)
 
     def _delete(self, name: str) -> bool:
         existed = self.storage.exists("refs", name)
@@ -101,13 +117,16 @@ class Meta:
 
     def head(self, host: str, source: str) -> str | None:
         """The snapshot id a source's HEAD points at (None: no HEAD recorded)."""
-        doc = self._get(head_name(host, source))
+        doc = self._get(head_name(host, source, self._name_key))
         sid = doc.get("snapshot") if doc else None
         return sid if isinstance(sid, str) else None
 
     def set_head(self, host: str, source: str, snapshot: str) -> None:
         """Move a source's HEAD."""
-        self._put(head_name(host, source), {"snapshot": snapshot, "source": source, "host": host})
+        self._put(
+            head_name(host, source, self._name_key),
+            {"snapshot": snapshot, "source": source, "host": host},
+        )
 
     def heads(self) -> list[Head]:
         """Every recorded HEAD."""

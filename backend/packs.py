@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from backend.format import PackEntry, encode_pack_trailer, split_pack
+from backend.format import PackEntry, Sealer, encode_pack_trailer, split_pack
 from backend.ids import BlobId, PackId
 
 __all__ = ["FinishedPack", "PackWriter", "split_pack"]
@@ -35,8 +35,10 @@ class PackWriter:
     blob nor finishing a pack copies the buffer. Thread-safe: several workers may add concurrently.
     """
 
-    def __init__(self, target_size: int) -> None:
+    def __init__(self, target_size: int, seal_header: Sealer | None = None) -> None:
         self.target_size = target_size
+        self._seal_header = seal_header
+        """Seals the header of each finished pack (encrypted repositories)."""
         self._lock = threading.Lock()
         self._parts: list[bytes] = []
         self._size = 0
@@ -55,7 +57,7 @@ class PackWriter:
             if self._size < self.target_size:
                 return None
             parts, entries = self._take_locked()
-        return _finish(parts, entries)
+        return _finish(parts, entries, self._seal_header)
 
     def pending_blob(self, blob_id: BlobId) -> tuple[bytes, int] | None:
         """(stored bytes, raw length) of a blob that is still buffered here."""
@@ -69,7 +71,7 @@ class PackWriter:
             if not self._entries:
                 return None
             parts, entries = self._take_locked()
-        return _finish(parts, entries)
+        return _finish(parts, entries, self._seal_header)
 
     def _take_locked(self) -> tuple[list[bytes], tuple[PackEntry, ...]]:
         parts, entries = self._parts, tuple(self._entries)
@@ -77,8 +79,10 @@ class PackWriter:
         return parts, entries
 
 
-def _finish(parts: list[bytes], entries: tuple[PackEntry, ...]) -> FinishedPack:
-    parts.append(encode_pack_trailer(entries))
+def _finish(
+    parts: list[bytes], entries: tuple[PackEntry, ...], seal: Sealer | None
+) -> FinishedPack:
+    parts.append(encode_pack_trailer(entries, seal))
     h = blake3.blake3()
     for p in parts:  # hashed part by part: the pack is never joined into one buffer
         h.update(p)

@@ -6,6 +6,10 @@ Invariants:
   at worst unreferenced packs (garbage for prune), never a snapshot with missing data.
 - Every blob read is decompressed and re-hashed against its id (``IntegrityError`` otherwise).
 - ``put_blob`` is thread-safe; compression runs outside the lock so workers use every core.
+- Encrypted repositories (``crypto`` set): blobs are sealed right after compression, in the same
+  worker thread; pack headers, index segments and snapshot objects are sealed with the metadata
+  key. Nothing is returned before it authenticates. Unencrypted repositories take exactly the
+  old path (one ``is None`` test per blob).
 """
 
 from __future__ import annotations
@@ -15,20 +19,26 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import blake3
 import zstandard
 
+from backend import crypto as cr
 from backend import format as fmt
+from backend import keys as kf
 from backend.errors import (
     ChunkNotFound,
     IntegrityError,
     ObjectExists,
     ObjectNotFound,
+    PasswordRequired,
     RepositoryExists,
     RepositoryNotFound,
+    UsageError,
+    WrongPassword,
 )
 from backend.format import BLOB_TREE, ChunkerParams, PackEntry, RepoConfig
 from backend.ids import BlobId, PackId, SnapshotId, object_name
@@ -56,16 +66,37 @@ class PutResult:
 class Repository:
     """A snapdeck repository on some object storage."""
 
-    def __init__(self, storage: ObjectStorage, config: RepoConfig) -> None:
+    def __init__(
+        self,
+        storage: ObjectStorage,
+        config: RepoConfig,
+        *,
+        crypto: cr.Crypto | None = None,
+        key_name: str | None = None,
+    ) -> None:
+        if config.encrypted and crypto is None:
+            raise PasswordRequired(f"the repository at {storage.location} is encrypted")
         self.storage = storage
+        self.crypto = crypto
+        """The unlocked keys (None: an unencrypted repository)."""
+        self.key_name = key_name
+        """The key object the password opened (encrypted repositories)."""
+        if crypto is not None:
+            # The id key and chunker seed come from the master key, never from the config.
+            config = replace(
+                config,
+                id_key=crypto.id_key,
+                chunker=replace(config.chunker, seed=crypto.chunker_seed),
+            )
         self.config = config
         self.id_key = config.id_key
         self._lock = threading.Lock()
         self._index: ChunkIndex | None = None
         self._reserved: set[bytes] = set()
         self._inflight: dict[bytes, tuple[FinishedPack, int]] = {}
-        self._data_writer = PackWriter(PACK_TARGET)
-        self._tree_writer = PackWriter(TREE_PACK_TARGET)
+        seal_header = self._seal_pack_header if crypto is not None else None
+        self._data_writer = PackWriter(PACK_TARGET, seal_header)
+        self._tree_writer = PackWriter(TREE_PACK_TARGET, seal_header)
         self._unindexed: list[tuple[PackId, tuple[PackEntry, ...]]] = []
         self._loaded_segments: set[str] = set()
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
@@ -83,35 +114,110 @@ class Repository:
         chunker: ChunkerParams | None = None,
         compression_level: int = 3,
         now: datetime | None = None,
+        password: kf.PasswordSource | None = None,
+        cipher: str = cr.DEFAULT_CIPHER,
+        kdf: kf.KdfParams | None = None,
     ) -> Repository:
-        """Create a new repository on empty storage."""
+        """Create a new repository on empty storage.
+
+        With ``password`` the repository is encrypted: a random master key is wrapped by the
+        password (Argon2id with ``kdf``) and every object is sealed with ``cipher``.
+        """
         if storage.is_initialized():
             raise RepositoryExists(f"a repository already exists at {storage.location}")
+        pw = None
+        given = password() if callable(password) else password
+        if given is not None:
+            pw = kf.as_password(given)
+            if not pw:
+                raise UsageError("the password must not be empty")
+            cr.aead(cipher, bytes(32))  # an unknown cipher is a UsageError before any write
         storage.create()
-        params = chunker or ChunkerParams(seed=secrets.randbelow(2**31))
-        cfg = RepoConfig(
-            id=secrets.token_hex(16),
-            created=(now or datetime.now(UTC)).isoformat(),
-            chunker=params,
-            compression_level=compression_level,
-            id_key=secrets.token_bytes(32),
-        )
+        created = (now or datetime.now(UTC)).isoformat()
+        repo_id = secrets.token_hex(16)
+        if pw is None:
+            params = chunker or ChunkerParams(seed=secrets.randbelow(2**31))
+            cfg = RepoConfig(
+                id=repo_id,
+                created=created,
+                chunker=params,
+                compression_level=compression_level,
+                id_key=secrets.token_bytes(32),
+            )
+            crypto, key_name = None, None
+        else:
+            # The seed is derived from the master key; whatever the caller passed is ignored.
+            params = replace(chunker or ChunkerParams(), seed=0)
+            cfg = RepoConfig(
+                id=repo_id,
+                created=created,
+                chunker=params,
+                compression_level=compression_level,
+                id_key=b"",
+                version=fmt.ENCRYPTED_REPO_VERSION,
+                cipher=cipher,
+            )
+            master = kf.new_master_key()
+            key_name = kf.new_key_name()
+            # The key first: a crash before the config leaves a stray key (it names another
+            # repository id, so it never opens this one), never a config without its key.
+            storage.put(
+                "keys",
+                key_name,
+                kf.encode_key(pw, master, repo_id=repo_id, cipher=cipher, kdf=kdf, now=now),
+            )
+            crypto = cr.Crypto(master, repo_id, cipher)
         try:
             storage.put("config", "config", fmt.encode_config(cfg))
         except ObjectExists:
+            if key_name is not None:
+                storage.delete("keys", key_name)
             raise RepositoryExists(f"a repository already exists at {storage.location}") from None
-        return cls(storage, cfg)
+        return cls(storage, cfg, crypto=crypto, key_name=key_name)
 
     @classmethod
-    def open(cls, storage: ObjectStorage) -> Repository:
-        """Open an existing repository."""
+    def open(
+        cls, storage: ObjectStorage, *, password: kf.PasswordSource | None = None
+    ) -> Repository:
+        """Open an existing repository.
+
+        ``password`` (a value, or a function called only when the repository is encrypted)
+        unlocks an encrypted repository: ``PasswordRequired`` without one, ``WrongPassword``
+        when it opens no key.
+        """
         try:
             data = storage.get("config", "config")
         except ObjectNotFound:
             raise RepositoryNotFound(
                 f"no snapdeck repository at {storage.location} (run 'snapdeck init' first)"
             ) from None
-        return cls(storage, fmt.decode_config(data))
+        cfg = fmt.decode_config(data)
+        if not cfg.encrypted:
+            if next(iter(storage.list("keys")), None) is not None:
+                # Keys exist but the readable config claims no encryption: someone replaced
+                # it. Opening would write plaintext into an encrypted repository.
+                raise IntegrityError(
+                    f"the repository at {storage.location} has key objects but its config says "
+                    "it is not encrypted: the config was altered; not opening it"
+                )
+            return cls(storage, cfg)
+        crypto, key_name = unlock(storage, cfg, password)
+        return cls(storage, cfg, crypto=crypto, key_name=key_name)
+
+    def change_password(self, new_password: str | bytes, *, kdf: kf.KdfParams | None = None) -> str:
+        """Rewrap the master key with a new password (fresh salt); returns the key name.
+
+        The key object is replaced atomically: at every moment exactly one of the two
+        passwords opens it, and afterwards only the new one. No data is rewritten.
+        """
+        if self.crypto is None or self.key_name is None:
+            raise UsageError(f"the repository at {self.storage.location} is not encrypted")
+        pw = kf.as_password(new_password)
+        data = kf.encode_key(
+            pw, self.crypto.master, repo_id=self.config.id, cipher=self.crypto.cipher, kdf=kdf
+        )
+        self.storage.put("keys", self.key_name, data, overwrite=True)
+        return self.key_name
 
     # ------------------------------------------------------------ per-thread codecs
 
@@ -172,7 +278,11 @@ class Repository:
         data = self.storage.get("index", name)
         if object_name(data) != name:
             raise IntegrityError(f"index segment {name[:12]} does not match its name")
-        return list(fmt.decode_index(data))
+        return self.decode_index_segment(data)
+
+    def read_index_segment(self, name: str) -> list[tuple[PackId, list[PackEntry]]]:
+        """One stored index segment, checked against its name (and opened when sealed)."""
+        return self._read_index_segment(name)
 
     def index_segments(self) -> list[str]:
         """Names of every index segment."""
@@ -192,6 +302,8 @@ class Repository:
                 return PutResult(False, 0)
             self._reserved.add(blob_id)
         stored = fmt.encode_blob(plain, self._cctx())
+        if self.crypto is not None:
+            stored = self.crypto.seal_blob(blob_id, stored)
         writer = self._tree_writer if blob_type == BLOB_TREE else self._data_writer
         done = writer.add(blob_type, blob_id, stored, len(plain))
         if done is not None:
@@ -231,7 +343,7 @@ class Repository:
             packs, self._unindexed = self._unindexed, []
         if not packs:
             return
-        data = fmt.encode_index(packs)
+        data = fmt.encode_index(packs, self._seal_index if self.crypto is not None else None)
         name = object_name(data)
         try:
             self.storage.put("index", name, data)
@@ -264,6 +376,10 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> Snapshot:
         """Write a snapshot object (after ``flush``); returns it with its id set."""
         data = fmt.encode_snapshot(snap)
+        if self.crypto is not None:
+            data = fmt.wrap_sealed(
+                fmt.SNAPSHOT_MAGIC_SEALED, self.crypto.seal(data, cr.AD_SNAPSHOT)
+            )
         sid = SnapshotId(object_name(data))
         try:
             self.storage.put("snapshots", sid, data)
@@ -299,7 +415,19 @@ class Repository:
             assert pending is not None
             where = "a pack being written"
             stored, raw_length = pending
+        return self.open_stored_blob(blob_id, stored, raw_length, where)
+
+    def open_stored_blob(
+        self, blob_id: BlobId, stored: bytes, raw_length: int, where: str = "a pack"
+    ) -> bytes:
+        """The verified plaintext of a blob's stored bytes (as they sit in a pack).
+
+        Opens the seal (encrypted repositories), decompresses, and re-hashes against the id;
+        ``IntegrityError`` naming the blob and ``where`` otherwise.
+        """
         try:
+            if self.crypto is not None:
+                stored = self.crypto.open_blob(blob_id, stored)
             plain = fmt.decode_blob(stored, raw_length, self._dctx())
         except IntegrityError as exc:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} in {where}: {exc}") from None
@@ -343,14 +471,138 @@ class Repository:
 
     def load_snapshot(self, snap_id: str) -> Snapshot:
         """A snapshot object by full id, checked against its name."""
+        return fmt.decode_snapshot(snap_id, self.load_snapshot_bytes(snap_id))
+
+    def load_snapshot_bytes(self, snap_id: str) -> bytes:
+        """A snapshot object's JSON (opened when sealed), checked against its name."""
         data = self.storage.get("snapshots", snap_id)
         if object_name(data) != snap_id:
             raise IntegrityError(f"snapshot {snap_id[:8]} does not match its id")
-        return fmt.decode_snapshot(snap_id, data)
+        return self._open_snapshot(snap_id, data)
+
+    # ------------------------------------------------------------ sealing (encrypted repos)
+
+    def _seal_pack_header(self, header: bytes) -> bytes:
+        assert self.crypto is not None
+        return self.crypto.seal(header, cr.AD_PACK_HEADER)
+
+    def _open_pack_header(self, sealed: bytes) -> bytes:
+        assert self.crypto is not None
+        return self.crypto.open(sealed, cr.AD_PACK_HEADER, "pack header")
+
+    def _seal_index(self, frame: bytes) -> bytes:
+        assert self.crypto is not None
+        return self.crypto.seal(frame, cr.AD_INDEX)
+
+    def _open_index(self, sealed: bytes) -> bytes:
+        assert self.crypto is not None
+        return self.crypto.open(sealed, cr.AD_INDEX, "index segment")
+
+    # The helpers below are what maintenance code (check, repair, prune, copy) should use
+    # instead of the format functions, so that it works on encrypted repositories too.
+
+    def new_pack_writer(self, blob_type: int) -> PackWriter:
+        """A pack writer for this repository (headers sealed when encrypted)."""
+        target = TREE_PACK_TARGET if blob_type == BLOB_TREE else PACK_TARGET
+        return PackWriter(target, self._seal_pack_header if self.crypto is not None else None)
+
+    def encode_index(self, packs: Iterable[tuple[PackId, Sequence[PackEntry]]]) -> bytes:
+        """An index segment's stored bytes (sealed when encrypted); its name is
+        ``object_name`` of them."""
+        return fmt.encode_index(packs, self._seal_index if self.crypto is not None else None)
+
+    def decode_index_segment(self, data: bytes) -> list[tuple[PackId, list[PackEntry]]]:
+        """Parse an index segment's stored bytes (opened when sealed)."""
+        return list(fmt.decode_index(data, self._open_index if self.crypto is not None else None))
+
+    def decode_snapshot_object(self, snap_id: str, data: bytes) -> Snapshot:
+        """Parse a snapshot object's stored bytes (name checked, opened when sealed)."""
+        if object_name(data) != snap_id:
+            raise IntegrityError(f"snapshot {snap_id[:8]} does not match its id")
+        return fmt.decode_snapshot(snap_id, self._open_snapshot(snap_id, data))
+
+    def _open_snapshot(self, snap_id: str, data: bytes) -> bytes:
+        if self.crypto is None:
+            return data
+        what = f"snapshot {snap_id[:8]}"
+        box = fmt.unwrap_sealed(fmt.SNAPSHOT_MAGIC_SEALED, data, what)
+        return self.crypto.open(box, cr.AD_SNAPSHOT, what)
+
+    def pack_entries(self, data: bytes) -> list[PackEntry]:
+        """The header entries of a whole pack in memory (sealed headers opened)."""
+        return fmt.split_pack(data, self._open_pack_header if self.crypto is not None else None)
+
+    def read_pack_header(self, pack_id: PackId, size: int | None = None) -> list[PackEntry]:
+        """A stored pack's header entries, read from its end (two range reads).
+
+        Raises ``IntegrityError`` for a damaged, truncated or (encrypted) unauthentic header.
+        """
+        if size is None:
+            size = self.storage.stat("data", pack_id).size
+        tail = self.storage.get_range("data", pack_id, max(0, size - fmt.TRAILER.size), 9)
+        hlen, sealed = fmt.read_pack_trailer(tail, size)
+        start = size - fmt.TRAILER.size - hlen
+        header = self.storage.get_range("data", pack_id, start, hlen)
+        if len(header) != hlen:
+            raise IntegrityError(f"pack {pack_id[:12]} is truncated")
+        if sealed != (self.crypto is not None):
+            raise IntegrityError(
+                f"pack {pack_id[:12]} is encrypted, in an unencrypted repository"
+                if sealed
+                else f"pack {pack_id[:12]} is not encrypted, in an encrypted repository"
+            )
+        if sealed:
+            header = self._open_pack_header(header)
+        try:
+            return fmt.decode_pack_header(header, start)
+        except IntegrityError as exc:
+            raise IntegrityError(f"pack {pack_id[:12]}: {exc}") from None
 
     def snapshot_ids(self) -> list[str]:
         """Every snapshot id in storage."""
         return [i.name for i in self.storage.list("snapshots")]
+
+    # ------------------------------------------------------------ prune support (issue 4)
+
+    def reset_index(self) -> None:
+        """Forget the loaded index and cached trees (after prune replaced segments and packs).
+
+        Call only when nothing is buffered (``flush`` first): pending packs stay pending.
+        """
+        with self._lock:
+            self._index = None
+            self._loaded_segments = set()
+            self._tree_cache.clear()
+            self._tree_cache_entries = 0
+
+
+def unlock(
+    storage: ObjectStorage, cfg: RepoConfig, password: kf.PasswordSource | None
+) -> tuple[cr.Crypto, str]:
+    """Open an encrypted repository's master key with a password: (keys, key object name)."""
+    where = storage.location
+    pw = password() if callable(password) else password
+    if pw is None:
+        raise PasswordRequired(
+            f"the repository at {where} is encrypted: set SNAPDECK_PASSWORD, "
+            "SNAPDECK_PASSWORD_FILE or SNAPDECK_PASSWORD_COMMAND (or --password-file / "
+            "--password-command)"
+        )
+    names = sorted(i.name for i in storage.list("keys"))
+    if not names:
+        raise IntegrityError(f"the encrypted repository at {where} has no key objects")
+    pwb = kf.as_password(pw)
+    assert cfg.cipher is not None
+    for name in names:
+        try:
+            key = kf.decode_key(name, storage.get("keys", name))
+        except (IntegrityError, ObjectNotFound) as exc:
+            log.warning("skipping key %s: %s", name, exc)
+            continue
+        master = kf.unwrap_key(key, pwb, repo_id=cfg.id, cipher=cfg.cipher)
+        if master is not None:
+            return cr.Crypto(master, cfg.id, cfg.cipher), name
+    raise WrongPassword(f"wrong password for the encrypted repository at {where}")
 
 
 def default_threads() -> int:

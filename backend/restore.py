@@ -19,7 +19,9 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 OVERWRITE_MODES = ("always", "if-changed", "never")
+ZIP_SPOOL_BYTES = 64 * 1024 * 1024
+"""A ZIP member up to this size is verified in memory, a larger one in a temp file."""
 
 
 def check_name(name: bytes) -> None:
@@ -84,6 +88,8 @@ class _Plan:
     files: list[tuple[bytes, Entry]] = field(default_factory=list)
     links: list[tuple[bytes, Entry]] = field(default_factory=list)
     specials: list[tuple[bytes, Entry]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    """Directories whose tree could not be read (lost or damaged data): restored empty."""
     wanted: dict[bytes, set[bytes]] = field(default_factory=dict)
     """Names each fully restored directory should hold (``--delete`` removes the others).
     Directories only on the way to an ``--include`` are absent: their other entries are not
@@ -114,11 +120,13 @@ def _selected(rel_parts: list[bytes], includes: list[list[bytes]]) -> tuple[bool
     return False, False
 
 
-def _flatten(load: Callable[[BlobId], Tree], root: BlobId, includes: list[list[bytes]]) -> _Plan:
+def _flatten(repo: Repository, root: BlobId, includes: list[list[bytes]]) -> _Plan:
     plan = _Plan()
 
     def visit(tree_id: BlobId, rel: bytes, parts: list[bytes], whole: bool) -> None:
-        tree = load(tree_id)
+        tree = _load_subtree(repo, tree_id, rel, plan)
+        if tree is None:
+            return
         names: set[bytes] = set()
         for e in tree.entries:
             check_name(e.name)
@@ -145,6 +153,28 @@ def _flatten(load: Callable[[BlobId], Tree], root: BlobId, includes: list[list[b
     plan.dirs.append((b"", None))
     visit(root, b"", [], not includes)
     return plan
+
+
+def _load_subtree(repo: Repository, tree_id: BlobId, rel: bytes, plan: _Plan) -> Tree | None:
+    """A directory's tree, or None (and a problem) when its data is lost or damaged.
+
+    The root tree must load (else nothing can be restored and the error propagates). A tree
+    whose bytes verify against its id but that is malformed or hostile (an unsafe name,
+    unsorted entries) is never a "partial" case: the error propagates and nothing is restored.
+    """
+    try:
+        return repo.load_tree(tree_id)
+    except StoreError as exc:
+        if not rel:
+            raise
+        try:
+            repo.read_blob(tree_id)
+        except StoreError:
+            plan.problems.append(
+                Problem(escape_path(rel), f"directory contents cannot be restored: {exc}")
+            )
+            return None
+        raise  # authentic bytes, malformed tree: refuse the whole restore
 
 
 def _fd_budget() -> int:
@@ -249,7 +279,7 @@ def restore_tree(
         raise UsageError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
     progress = progress or NullProgress()
     incl = _include_filter(includes, repo.load_tree, root)
-    plan = _flatten(repo.load_tree, root, incl)
+    plan = _flatten(repo, root, incl)
     total = len(plan.files)
     progress.start(total, "restore")
     btarget = os.fsencode(os.path.abspath(target))
@@ -258,7 +288,7 @@ def restore_tree(
     os.makedirs(btarget, exist_ok=True)
     root_fd = os.open(btarget, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fds = _DirFds(root_fd, _fd_budget())
-    problems: list[Problem] = []
+    problems: list[Problem] = list(plan.problems)
     plock = threading.Lock()
     counts = {"files": 0, "skipped": 0, "bytes": 0, "dirs": 0, "links": 0, "deleted": 0}
 
@@ -492,6 +522,7 @@ def _dry_run(
         files_restored=written,
         files_skipped=skipped,
         dry_run=True,
+        problems=tuple(plan.problems),
         actions=tuple(actions),
     )
 
@@ -729,10 +760,10 @@ def restore_zip(
 ) -> RestoreResult:
     """Write the snapshot (or the included paths) as a ZIP archive to ``out``."""
     progress = progress or NullProgress()
-    plan = _flatten(repo.load_tree, root, _include_filter(includes, repo.load_tree, root))
+    plan = _flatten(repo, root, _include_filter(includes, repo.load_tree, root))
     progress.start(len(plan.files), "zip")
     files = bytes_total = 0
-    problems: list[Problem] = []
+    problems: list[Problem] = list(plan.problems)
 
     def zname(rel: bytes) -> str:
         # ZIP names are UTF-8 (or CP437): a name that is not UTF-8 cannot be stored as it is.
@@ -755,9 +786,19 @@ def restore_zip(
             zi = zipfile.ZipInfo(zname(rel), _zip_time(e))
             zi.external_attr = (stat.S_IFREG | (e.mode & 0o777)) << 16
             zi.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(zi, "w", force_zip64=e.size > 2**31) as w:
-                for chunk in iter_file(repo, e):
-                    w.write(chunk)
+            # Read and verify the whole file before its entry is opened: a lost or damaged
+            # blob must not leave a truncated member in the archive.
+            with tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES) as spool:
+                try:
+                    for chunk in iter_file(repo, e):
+                        spool.write(chunk)
+                except StoreError as exc:
+                    problems.append(Problem(escape_path(rel), str(exc)))
+                    progress.advance(1)
+                    continue
+                spool.seek(0)
+                with zf.open(zi, "w", force_zip64=e.size > 2**31) as w:
+                    shutil.copyfileobj(spool, w, 1 << 20)
             files += 1
             bytes_total += e.size
             progress.advance(1)

@@ -7,18 +7,30 @@ while reading, hashing and compressing, so both cores work). Directories are fin
 tree blobs in post-order as their files complete; an unchanged directory yields the same tree
 id as before. Unreadable files are reported as problems and left out, never fatal. A file that
 changes while it is read is re-read (up to three times) and otherwise flagged.
+
+Two extra modes:
+
+* **Dirty paths** (watch mode): given the paths that changed (relative to the source), only
+  those paths and their ancestor directories are looked at. An ancestor is *listed* (names
+  only): names the parent snapshot has and that are not dirty reuse the parent's entry as is,
+  subtrees included, by id, without a single ``stat``; dirty or new names are examined as
+  usual (a dirty directory is walked in full). Totals are the parent's plus what changed.
+* **Resume** (``backend.resume``): a long run periodically drains its readers, flushes packs
+  and index, and journals the files completed so far; a later run takes a journaled file whose
+  stat still matches without reading it.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +47,7 @@ from backend.ids import BlobId
 from backend.model import Entry, EntryKind, Problem, Snapshot, SnapshotResult, SnapshotStats, Tree
 from backend.progress import NullProgress, Progress, check_cancel
 from backend.repository import PutResult, Repository, default_threads
+from backend.resume import ResumeEntry, ResumeJournal
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,11 @@ MAX_INFLIGHT = 4096
 BIG_FILE = 4 * 1024 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
+RESUME_EVERY_S = 10.0
+"""How often a run with a resume journal makes its progress durable (drain, flush, journal)."""
+
+DirtyTree = dict[bytes, "DirtyTree | None"]
+"""Dirty paths as a tree of names: a dict is a directory to list, None a path to scan fully."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +81,20 @@ class SnapshotOptions:
     threads: int = 0
     host: str = ""
     author: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointResult:
+    """What ``Store.checkpoint`` did: a snapshot, or none because nothing really changed."""
+
+    snapshot: Snapshot | None
+    """The new snapshot (HEAD moved to it), or None: no change since HEAD."""
+    base: Snapshot | None
+    """The snapshot the next checkpoint should compare against: the new snapshot, or HEAD
+    with the tree just computed (equal content; fresher inode/ctime, so nothing is re-read)."""
+    problems: tuple[Problem, ...] = ()
+    duration_s: float = 0.0
+    """Wall time of the whole checkpoint (scan, store, decide, save, move HEAD)."""
 
 
 @dataclass(slots=True)
@@ -124,6 +156,30 @@ class _Counters:
     bytes_stored: int = 0
     total_files: int = 0
     total_bytes: int = 0
+    prev_files: int = 0
+    """Dirty mode: files of the parent that the examined paths replace (totals are deltas)."""
+    prev_bytes: int = 0
+    files_resumed: int = 0
+
+
+def dirty_tree(paths: Collection[bytes]) -> DirtyTree | None:
+    """The dirty-path tree of relative paths (``a/b/c``); None when the root itself is dirty."""
+    root: DirtyTree = {}
+    for p in paths:
+        parts = [x for x in p.split(b"/") if x and x != b"."]
+        if not parts or b".." in parts:
+            return None
+        node = root
+        for i, name in enumerate(parts):
+            if i == len(parts) - 1:
+                node[name] = None  # scanned fully; anything dirty below it is covered
+                break
+            child = node.get(name, {})
+            if child is None:
+                break  # an ancestor is already scanned fully
+            node[name] = child
+            node = child
+    return root
 
 
 class TreeSink:
@@ -198,6 +254,29 @@ def _scan_dir(path: bytes) -> list[tuple[bytes, os.stat_result | OSError]] | OSE
     return out
 
 
+def _scan_dir_dirty(
+    path: bytes, pmap: dict[bytes, Entry], dirty: DirtyTree
+) -> list[tuple[bytes, os.stat_result | OSError | None]] | OSError:
+    """Dirty mode's listing: names only; a name the parent has and that is not dirty gets
+    None (reuse the parent's entry, no ``lstat``), every other name its lstat result."""
+    try:
+        with os.scandir(path) as it:
+            names = sorted(de.name for de in it)
+    except OSError as exc:
+        return exc
+    sep = b"/" if path != b"/" else b""
+    out: list[tuple[bytes, os.stat_result | OSError | None]] = []
+    for name in names:
+        if name in pmap and name not in dirty:
+            out.append((name, None))
+            continue
+        try:
+            out.append((name, os.lstat(path + sep + name)))
+        except OSError as exc:
+            out.append((name, exc))
+    return out
+
+
 def _item_name(item: Entry | _Slot) -> bytes:
     return item.name if isinstance(item, Entry) else item.base.name
 
@@ -247,6 +326,10 @@ class SnapshotRun:
         options: SnapshotOptions,
         progress: Progress,
         cancel: threading.Event | None,
+        *,
+        dirty: DirtyTree | None = None,
+        resume: dict[bytes, ResumeEntry] | None = None,
+        journal: ResumeJournal | None = None,
     ) -> None:
         self.sink = sink
         self.repo = sink.repo
@@ -275,6 +358,15 @@ class SnapshotRun:
         )
         self.inflight = 0
         self.queue: collections.deque[_DirNode] = collections.deque()
+        self.dirty = dirty
+        self.dirty_used = dirty is not None
+        """False when the root had to be walked in full (its parent tree was unreadable)."""
+        self._totals: dict[bytes, tuple[int, int]] = {}
+        self.resume = resume or {}
+        self.journal = journal
+        self._done: list[tuple[bytes, os.stat_result, tuple[BlobId, ...]]] = []
+        self._futs: list[Future[Any]] = []
+        self._next_save = time.monotonic() + RESUME_EVERY_S
 
     # -------------------------------------------------------------- files (worker threads)
 
@@ -311,6 +403,8 @@ class SnapshotRun:
             )
             out.st = after
             if stable:
+                if self.journal is not None:
+                    self._done.append((path, after, content))  # list.append is atomic
                 return out
             log.info("changed while read (attempt %d): %r", attempt + 1, path)
             st = after
@@ -360,7 +454,15 @@ class SnapshotRun:
 
     def run(self) -> BlobId:
         try:
-            root = self._walk(self.source, b"", self.parent_tree)
+            root = self._walk(self.source, b"", self.parent_tree, self.dirty)
+            if self.journal is not None:
+                self._flush_batch()
+                while self._futs:  # the readers' tail: keep saving progress meanwhile
+                    left = max(0.0, self._next_save - time.monotonic())
+                    _done, pending = concurrent.futures.wait(self._futs, timeout=left)
+                    self._futs = list(pending)
+                    if pending:
+                        self.save_resume()
             self._drain(block=True, final=True)
             assert root.tree_id is not None
             return root.tree_id
@@ -369,13 +471,76 @@ class SnapshotRun:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.cpool.shutdown(wait=True, cancel_futures=True)
 
+    # -------------------------------------------------------------- resume
+
+    def save_resume(self) -> None:
+        """Make the work so far durable and journal the files completed so far.
+
+        The files are taken first, then packs and index are flushed, so every blob a record
+        names was handed to the repository before the flush. A pack another reader thread is
+        still writing at that moment may miss this flush's index segment; that is harmless:
+        a resumed run uses a record only if the index it loads has every blob of it, and
+        otherwise reads the file again.
+        """
+        if self.journal is None:
+            return
+        done, self._done = self._done, []
+        self.repo.flush()
+        self.journal.append(done)
+        self._next_save = time.monotonic() + RESUME_EVERY_S
+
+    def _resumed(self, full: bytes, st: os.stat_result) -> tuple[BlobId, ...] | None:
+        r = self.resume.get(full)
+        if r is None or not r.matches(st):
+            return None
+        if not all(self.repo.has_blob(b) for b in r.content):
+            return None  # pruned since: read it again
+        return r.content
+
+    # -------------------------------------------------------------- dirty mode
+
+    def _subtree_totals(self, tree_id: bytes) -> tuple[int, int]:
+        """(files, bytes) of a parent subtree, for dirty-mode totals."""
+        hit = self._totals.get(tree_id)
+        if hit is not None:
+            return hit
+        files = size = 0
+        try:
+            entries = self.sink.load_tree(BlobId(tree_id)).entries
+        except Exception as exc:
+            log.warning("parent tree unreadable while counting: %s", exc)
+            entries = ()
+        for e in entries:
+            if e.kind is EntryKind.FILE:
+                files += 1
+                size += e.size
+            elif e.kind is EntryKind.DIR and e.payload:
+                f, b = self._subtree_totals(e.payload)
+                files += f
+                size += b
+        self._totals[tree_id] = (files, size)
+        return files, size
+
+    def _account_prev(self, e: Entry) -> None:
+        c = self.c
+        if e.kind is EntryKind.FILE:
+            c.prev_files += 1
+            c.prev_bytes += e.size
+        elif e.kind is EntryKind.DIR and e.payload:
+            f, b = self._subtree_totals(e.payload)
+            c.prev_files += f
+            c.prev_bytes += b
+
     def _excluded(self, rel: bytes, is_dir: bool) -> bool:
         if self.spec is None:
             return False
         s = rel.decode("utf-8", "surrogateescape") + ("/" if is_dir else "")
         return self.spec.match_file(s)
 
-    def _walk(self, path: bytes, rel: bytes, parent_id: BlobId | None) -> _DirNode:
+    def _walk(
+        self, path: bytes, rel: bytes, parent_id: BlobId | None, dirty: DirtyTree | None = None
+    ) -> _DirNode:
+        """Build one directory. ``dirty`` (a dict): list it, examine only dirty/new names."""
         check_cancel(self.cancel)
         node = _DirNode(rel, parent_id=parent_id)
         pmap: dict[bytes, Entry] = {}
@@ -387,8 +552,16 @@ class SnapshotRun:
                     "parent tree of %s unreadable, reading it again: %s", _show(rel or b"."), exc
                 )
                 node.parent_id = None
-        fut = self._scans.pop(path, None)
-        listing = fut.result() if fut is not None else _scan_dir(path)
+        if dirty is not None and node.parent_id is None:
+            dirty = None  # nothing to reuse: walk this directory in full
+            if not rel:
+                self.dirty_used = False
+        listing: list[tuple[bytes, os.stat_result | OSError | None]] | OSError
+        if dirty is None:
+            fut = self._scans.pop(path, None)
+            listing = fut.result() if fut is not None else _scan_dir(path)  # type: ignore[assignment]
+        else:
+            listing = _scan_dir_dirty(path, pmap, dirty)
         if isinstance(listing, OSError):
             self.problems.append(Problem(_show(rel or b"."), listing.strerror or str(listing)))
             # Unreadable now: keep what the parent snapshot had (never record it as emptied,
@@ -401,16 +574,25 @@ class SnapshotRun:
         sep = b"/" if path != b"/" else b""
         for name, st_or_exc in listing:
             if (
-                not isinstance(st_or_exc, OSError)
+                st_or_exc is not None
+                and not isinstance(st_or_exc, OSError)
                 and stat.S_ISDIR(st_or_exc.st_mode)
                 and len(self._scans) < 512
+                and (dirty is None or not isinstance(dirty.get(name), dict))
             ):
                 sub = path + sep + name
                 self._scans[sub] = self.scan_pool.submit(_scan_dir, sub)
         unchanged = node.parent_id is not None
         matched = 0
         items = node.items
+        kept: set[bytes] = set()
+        """Dirty mode: names whose parent entry is reused or accounted for below them."""
         for name, st_or_exc in listing:
+            if st_or_exc is None:  # dirty mode: not dirty, reuse the parent's entry as is
+                items.append(pmap[name])
+                kept.add(name)
+                matched += 1
+                continue
             full = path + sep + name
             crel = rel + b"/" + name if rel else name
             if isinstance(st_or_exc, OSError):
@@ -428,6 +610,8 @@ class SnapshotRun:
             if kind is EntryKind.FILE:
                 if not self._add_file(items, full, name, st, prev):
                     unchanged = False
+                    if self.journal is not None and time.monotonic() >= self._next_save:
+                        self.save_resume()
             elif kind is EntryKind.DIR:
                 if (st.st_dev, st.st_ino) in self.opts.exclude_inodes:
                     continue
@@ -441,7 +625,10 @@ class SnapshotRun:
                     and prev.mtime_ns == st.st_mtime_ns
                 )
                 prev_sub = prev.payload if prev is not None and prev.kind is EntryKind.DIR else None
-                child = self._walk(full, crel, BlobId(prev_sub) if prev_sub else None)
+                sub_dirty = dirty.get(name) if dirty is not None and prev_sub else None
+                if sub_dirty is not None:
+                    kept.add(name)  # listed in dirty mode: it accounts for itself
+                child = self._walk(full, crel, BlobId(prev_sub) if prev_sub else None, sub_dirty)
                 self.c.dirs += 1
                 if same_meta and child.unchanged:
                     assert prev is not None
@@ -475,10 +662,16 @@ class SnapshotRun:
         if matched != len(pmap):
             unchanged = False
             self._count_removed(pmap, {_item_name(i) for i in items})
+        if dirty is not None:
+            for name, e in pmap.items():
+                if name not in kept:
+                    self._account_prev(e)
         node.unchanged = unchanged
         self._flush_batch()
         self.queue.append(node)
         self._drain(block=self.inflight > MAX_INFLIGHT)
+        if self.journal is not None and time.monotonic() >= self._next_save:
+            self.save_resume()
         return node
 
     def _add_file(
@@ -500,6 +693,9 @@ class SnapshotRun:
             and prev.mtime_ns == st.st_mtime_ns
             and prev.ctime_ns == st.st_ctime_ns
             and prev.ino == st.st_ino
+            # issue 6 (check/repair): a blob that repair dropped from the index is read and
+            # stored again instead of being referenced from the parent (heal by re-snapshot).
+            and all(self.repo.has_blob(b) for b in prev.content)
         ):
             # Same size, mtime, ctime and inode: the content is the parent's, not read again.
             # (ctime moves on chmod/chown/link too, so mode, owner and nlink are equal as well.)
@@ -513,6 +709,19 @@ class SnapshotRun:
             items.append(_entry_from_stat(name, st, EntryKind.FILE, prev.extra, None, prev.content))
             return False
         is_new = prev is None or prev.kind is not EntryKind.FILE
+        if self.resume and st.st_nlink == 1:
+            content = self._resumed(full, st)
+            if content is not None:  # stored by an interrupted run: not read again
+                c.files_resumed += 1
+                if is_new:
+                    c.files_new += 1
+                else:
+                    c.files_changed += 1
+                self.progress.advance(1)
+                items.append(
+                    _entry_from_stat(name, st, EntryKind.FILE, _xattrs(full), None, content)
+                )
+                return False
         extra: dict[str, Any] | None = None  # xattrs are read by the worker
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
@@ -530,6 +739,8 @@ class SnapshotRun:
         self.inflight += 1
         if st.st_size >= BIG_FILE:
             slot.future = self.pool.submit(self._read_file, full, st)
+            if self.journal is not None:
+                self._futs.append(slot.future)
         else:
             slot.index = len(self._batch)
             self._batch.append((full, st))
@@ -546,6 +757,8 @@ class SnapshotRun:
         if not self._batch:
             return
         fut = self.pool.submit(self._read_batch, self._batch)
+        if self.journal is not None:
+            self._futs.append(fut)
         for slot in self._batch_slots:
             slot.future = fut
         self._batch, self._batch_slots, self._batch_bytes = [], [], 0
@@ -702,6 +915,8 @@ def create_snapshot(
     cancel: threading.Event | None = None,
     clock: Clock | None = None,
     save: Callable[[Snapshot], Snapshot] | None = None,
+    dirty: Collection[bytes] | None = None,
+    resume: ResumeJournal | None = None,
 ) -> SnapshotResult:
     """Snapshot a source directory into the repository.
 
@@ -714,12 +929,51 @@ def create_snapshot(
         cancel: set to stop; raises ``Cancelled`` and writes no snapshot.
         clock: the time source for the snapshot time.
         save: how to persist the snapshot object (defaults to ``repo.save_snapshot``).
+        dirty: only these paths (relative to the source, bytes) changed since ``parent``;
+            everything else is reused from it (see the module docstring). None: scan all.
+        resume: the source's resume journal; a long run journals its progress there and an
+            interrupted run's journal is used, then removed once the snapshot is saved.
 
     Returns:
         The snapshot and the problems met (unreadable files).
 
     Raises:
         SourceError: the source does not exist or is not a directory.
+    """
+    snap, problems = build_snapshot(
+        repo,
+        source,
+        parent=parent,
+        options=options,
+        progress=progress,
+        cancel=cancel,
+        clock=clock,
+        dirty=dirty,
+        resume=resume,
+    )
+    saved = (save or repo.save_snapshot)(snap)
+    if resume is not None:
+        resume.clear()
+    return SnapshotResult(saved, problems)
+
+
+def build_snapshot(
+    repo: Repository,
+    source: str | os.PathLike[str],
+    *,
+    parent: Snapshot | None = None,
+    options: SnapshotOptions | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    clock: Clock | None = None,
+    dirty: Collection[bytes] | None = None,
+    resume: ResumeJournal | None = None,
+) -> tuple[Snapshot, tuple[Problem, ...]]:
+    """Everything ``create_snapshot`` does but saving the snapshot object.
+
+    Every blob and tree is stored and flushed (packs, then index), so the caller may save the
+    returned snapshot (its ``id`` is empty) or drop it, e.g. when its tree equals the parent's.
+    The resume journal, if any, is left for the caller to clear.
     """
     opts = options or SnapshotOptions()
     progress = progress or NullProgress()
@@ -737,22 +991,48 @@ def create_snapshot(
     started = time.monotonic()
     progress.start(None, f"snapshot {escape_path(bsrc)}")
     parent_tree = BlobId(bytes.fromhex(parent.tree)) if parent is not None else None
-    run = SnapshotRun(TreeSink(repo), bsrc, parent_tree, opts, progress, cancel)
-    root = run.run()
-    check_cancel(cancel)
+    dtree = dirty_tree(dirty) if dirty is not None and parent is not None else None
+    entries = resume.load() if resume is not None else {}
+    if resume is not None and resume.message:
+        progress.note(resume.message)
+    run = SnapshotRun(
+        TreeSink(repo),
+        bsrc,
+        parent_tree,
+        opts,
+        progress,
+        cancel,
+        dirty=dtree,
+        resume=entries,
+        journal=resume,
+    )
+    try:
+        root = run.run()
+        check_cancel(cancel)
+    except BaseException:
+        if resume is not None:
+            _save_interrupted(run)
+        raise
     repo.flush()
     c = run.c
+    if c.files_resumed:
+        log.info("%d files taken from the resume journal", c.files_resumed)
+    total_files, total_bytes, unmodified = c.total_files, c.total_bytes, c.files_unmodified
+    if dtree is not None and run.dirty_used and parent is not None:
+        total_files = parent.stats.total_files + c.total_files - c.prev_files
+        total_bytes = parent.stats.total_bytes + c.total_bytes - c.prev_bytes
+        unmodified = max(0, total_files - c.files_new - c.files_changed)
     stats = SnapshotStats(
         files_new=c.files_new,
         files_changed=c.files_changed,
-        files_unmodified=c.files_unmodified,
+        files_unmodified=unmodified,
         files_removed=c.files_removed,
         dirs=c.dirs,
         bytes_read=c.bytes_read,
         bytes_added=c.bytes_added,
         bytes_stored=c.bytes_stored,
-        total_files=c.total_files,
-        total_bytes=c.total_bytes,
+        total_files=total_files,
+        total_bytes=total_bytes,
         duration_s=round(time.monotonic() - started, 3),
     )
     snap = Snapshot(
@@ -768,8 +1048,15 @@ def create_snapshot(
         trigger=opts.trigger,
         stats=stats,
     )
-    saved = (save or repo.save_snapshot)(snap)
-    return SnapshotResult(saved, tuple(run.problems))
+    return snap, tuple(run.problems)
+
+
+def _save_interrupted(run: SnapshotRun) -> None:
+    """After an interruption (the pools are shut down): keep what was stored, for resuming."""
+    try:
+        run.save_resume()
+    except Exception as exc:  # the interruption may be the storage failing: best effort
+        log.warning("could not save the resume state: %s", exc)
 
 
 def scan_live_tree(

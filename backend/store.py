@@ -11,42 +11,78 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import time  # issue 3
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from backend.catalog import Catalog
+from backend.check import CheckResult, check_repository  # issue 6
 from backend.clock import Clock, SystemClock
+from backend.config import S3Config  # issue 7
+from backend.crypto import DEFAULT_CIPHER
 from backend.diff import TextDiff, diff_trees, unified_text_diff
 from backend.errors import (
     AmbiguousReference,
+    Cancelled,
+    IntegrityError,
     ObjectNotFound,
     PathNotFound,
     SnapshotNotFound,
     StoreError,
     UsageError,
 )
+from backend.evict import EvictPlan, EvictResult, plan_evict  # issue 4
+from backend.forget import ForgetPlan, plan_forget, plan_forget_ids  # issue 4
 from backend.format import BLOB_DATA, ChunkerParams
+from backend.history import remove_tracked  # issue 3
 from backend.ids import BlobId
+from backend.keys import KdfParams, PasswordSource
 from backend.locking import RepositoryLock, acquire_lock, break_locks, list_locks
 from backend.meta import Head, Meta, Note, check_ref_name
 from backend.model import (
     DiffResult,
     Entry,
     EntryKind,
+    Problem,  # issue 3
     RepoStats,
     RestoreResult,
     Snapshot,
     SnapshotResult,
 )
-from backend.progress import Progress
+from backend.progress import Progress, check_cancel
+from backend.prune import (  # issue 4
+    DEFAULT_MAX_REPACK_RATIO,
+    PrunePlan,
+    PruneResult,
+    execute_prune,
+    plan_prune,
+)
+from backend.repair import (  # issue 6
+    RepairResult,
+    forget_missing_packs,
+    repair_index,
+    repair_packs,
+    repair_snapshots,
+)
 from backend.repository import Repository
 from backend.restore import iter_file, restore_tree, restore_zip, split_path, walk_to
-from backend.snapshots import SnapshotOptions, create_snapshot, escape_path, scan_live_tree
+from backend.resume import ResumeJournal  # issue 3
+from backend.retention import RetentionPolicy  # issue 4
+from backend.snapshots import (
+    CheckpointResult,  # issue 3
+    SnapshotOptions,
+    build_snapshot,  # issue 3
+    create_snapshot,
+    escape_path,
+    scan_live_tree,
+)
 from backend.storage import ObjectStorage, open_storage
+from backend.units import Duration as UnitsDuration  # issue 4
+from backend.usage import SnapshotUsage, UsageGraph, snapshot_usage  # issue 4
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +112,14 @@ class Store:
         self.storage: ObjectStorage = repo.storage
         self.clock = clock or SystemClock()
         self.lock_wait_s = lock_wait_s
+        self.cache_dir = cache_dir  # issue 3: resume journals live here
         cat_path = cache_dir / repo.config.id / "catalog.sqlite" if cache_dir else None
         self.catalog = Catalog(cat_path, repo.config.id)
-        self.meta = Meta(self.storage)
+        self.meta = Meta(self.storage, repo.crypto)
         self._mutex = threading.RLock()
         self._synced = False
         self._touched: dict[str, datetime] = {}
+        self._packs_verified = False  # issue 6: missing packs looked for once per process
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,13 +133,20 @@ class Store:
         clock: Clock | None = None,
         compression_level: int = 3,
         lock_wait_s: float = 0.0,
+        password: PasswordSource | None = None,
+        s3: S3Config | None = None,  # issue 7: [s3] settings for s3:// locations
     ) -> Store:
-        """Open the repository at ``location``; with ``create``, initialise it if absent."""
-        storage = open_storage(str(location))
+        """Open the repository at ``location``; with ``create``, initialise it if absent.
+
+        ``password`` unlocks an encrypted repository: a value, or a function called only when
+        the repository turns out to be encrypted (so a prompt appears only when needed).
+        ``create`` always makes an unencrypted repository; use ``Store.init`` to encrypt.
+        """
+        storage = open_storage(str(location), s3=s3)  # issue 7
         if create and not storage.is_initialized():
             repo = Repository.init(storage, compression_level=compression_level)
         else:
-            repo = Repository.open(storage)
+            repo = Repository.open(storage, password=password)
         return cls(repo, cache_dir=cache_dir, clock=clock, lock_wait_s=lock_wait_s)
 
     @classmethod
@@ -113,14 +158,21 @@ class Store:
         clock: Clock | None = None,
         chunker: ChunkerParams | None = None,
         compression_level: int = 3,
+        password: PasswordSource | None = None,
+        cipher: str = DEFAULT_CIPHER,
+        kdf: KdfParams | None = None,
+        s3: S3Config | None = None,  # issue 7: [s3] settings for s3:// locations
     ) -> Store:
-        """Create a new repository at ``location``."""
-        storage = open_storage(str(location))
+        """Create a new repository at ``location`` (encrypted when ``password`` is given)."""
+        storage = open_storage(str(location), s3=s3)  # issue 7
         repo = Repository.init(
             storage,
             chunker=chunker,
             compression_level=compression_level,
             now=(clock or SystemClock()).now(),
+            password=password,
+            cipher=cipher,
+            kdf=kdf,
         )
         return cls(repo, cache_dir=cache_dir, clock=clock)
 
@@ -147,13 +199,35 @@ class Store:
 
     def lock(self, *, exclusive: bool, operation: str) -> RepositoryLock:
         """Take a repository lock (context manager)."""
-        return acquire_lock(
+        lk = acquire_lock(
             self.storage,
             exclusive=exclusive,
             operation=operation,
             clock=self.clock,
             wait_s=self.lock_wait_s,
         )
+        try:
+            self._sync_index()  # issue 6
+        except BaseException:
+            lk.release()
+            raise
+        return lk
+
+    def _sync_index(self) -> None:
+        """Drop the in-memory index if another process replaced segments (prune, repair).
+
+        (issue 6) A long-lived process (TUI, watch) must not deduplicate against blobs that a
+        prune in another process deleted, nor read from packs it removed. Called with a lock
+        held, so no prune or repair runs while the operation that follows uses the index.
+        """
+        loaded = getattr(self.repo, "_loaded_segments", None)
+        if not loaded or getattr(self.repo, "_index", None) is None:
+            return
+        current = {i.name for i in self.storage.list("index")}
+        if set(loaded) - current:
+            log.info("the index changed in another process; reloading it")
+            self.repo.flush()  # pending packs are indexed before the index is dropped
+            self.repo.reset_index()
 
     # ------------------------------------------------------------ snapshots
 
@@ -356,18 +430,15 @@ class Store:
         parent: Snapshot | str | None = "auto",
     ) -> SnapshotResult:
         """Snapshot a directory (under a shared lock); its HEAD moves to the new snapshot."""
-        opts = options or SnapshotOptions()
         src = os.path.abspath(path)
-        excl = set(opts.exclude_inodes)
-        loc = self.storage.location
-        if os.path.isdir(loc):
-            st = os.stat(loc)
-            excl.add((st.st_dev, st.st_ino))
-        if self.catalog.path is not None and self.catalog.path.parent.exists():
-            st = os.stat(self.catalog.path.parent)
-            excl.add((st.st_dev, st.st_ino))
-        opts = SnapshotOptions(**{**_opts_dict(opts), "exclude_inodes": frozenset(excl)})
-        with self._mutex, self.lock(exclusive=False, operation="snapshot"):
+        opts = self._exclude_own_dirs(options or SnapshotOptions())  # issue 3: helper below
+        lk: RepositoryLock
+        with (
+            self._mutex,
+            self.lock(exclusive=False, operation="snapshot") as lk,
+            _lost_lock_is_fatal(lk),  # issue 6: a lost lock aborts with StoreLocked
+        ):
+            self._forget_missing_packs()  # issue 6: never dedup against a vanished pack
             par = self.head(src, opts.host or None) if parent == "auto" else parent
             assert not isinstance(par, str)
             result = create_snapshot(
@@ -376,8 +447,10 @@ class Store:
                 parent=par,
                 options=opts,
                 progress=progress,
-                cancel=cancel,
+                cancel=lk.cancel_when_lost(cancel),  # issue 6
                 clock=self.clock,
+                save=lambda snap: self._save_locked(lk, snap),  # issue 6
+                resume=self.resume_journal(src, opts.host or None),  # issue 3
             )
             self.catalog.add(result.snapshot)
             self.set_head(result.snapshot)
@@ -607,6 +680,424 @@ class Store:
     def unlock(self, *, all_locks: bool = False) -> int:
         """Remove stale locks (or every lock); returns how many."""
         return break_locks(self.storage, all=all_locks, clock=self.clock)
+
+    # ------------------------------------------------------------ retention, eviction, prune
+    # (issue 4; the work is in backend/forget.py, usage.py, evict.py and prune.py)
+
+    def plan_forget(
+        self,
+        policy: RetentionPolicy,
+        *,
+        group_by: Sequence[str] = ("host", "source"),
+        source: str | None = None,
+        tags: Sequence[str] = (),
+        host: str | None = None,
+        allow_empty: bool = False,
+    ) -> ForgetPlan:
+        """Which snapshots ``policy`` keeps (with reasons) and removes; nothing changes."""
+        snaps = self.list_snapshots(source=source, tags=tags, host=host)
+        return plan_forget(
+            snaps,
+            policy,
+            protection=self.protection(),
+            group_by=group_by,
+            allow_empty=allow_empty,
+            now=self.clock.now(),
+        )
+
+    def plan_forget_ids(self, refs: Sequence[str]) -> ForgetPlan:
+        """A plan removing exactly the named snapshots (UsageError if one is protected)."""
+        return plan_forget_ids([self.resolve(r) for r in refs], self.protection())
+
+    def usage(
+        self, *, progress: Progress | None = None, cancel: threading.Event | None = None
+    ) -> dict[str, SnapshotUsage]:
+        """Every snapshot's exclusive size (stored bytes no other snapshot references)."""
+        graph = UsageGraph.build(self.repo, self.list_snapshots(), progress=progress, cancel=cancel)
+        return snapshot_usage(graph)
+
+    def plan_evict(
+        self,
+        *,
+        max_size: int | None,
+        max_age: UnitsDuration | None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EvictPlan:
+        """What eviction would remove to meet the limits, and the bytes each removal frees."""
+        return plan_evict(
+            self, max_size=max_size, max_age=max_age, progress=progress, cancel=cancel
+        )
+
+    def evict(
+        self,
+        plan: EvictPlan,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EvictResult:
+        """Carry out an eviction plan: remove its snapshots, then prune, all under one
+        exclusive lock (so a busy repository changes nothing: ``StoreLocked``).
+
+        Snapshots that became protected since the plan (a new ref, a moved HEAD) are kept.
+        Prune repacks every pack holding a freed blob, so the space the plan promised is freed.
+        """
+        with self._mutex, self.lock(exclusive=True, operation="evict") as lk:
+            protected = self.protection()
+            removed = []
+            for item in plan.remove:
+                sid = item.snapshot.id
+                if sid in protected or not self.storage.exists("snapshots", sid):
+                    continue
+                self.storage.delete("snapshots", sid)
+                self.meta.forget(sid)
+                removed.append(sid)
+            self.catalog.remove(removed)
+            pruned = None
+            if removed or plan.has_work:
+                pruned = self._prune_locked(lk, 1.0, progress, cancel)
+        size = sum(i.size for k in ("data", "index", "snapshots") for i in self.storage.list(k))
+        return EvictResult(plan, tuple(removed), pruned, size)
+
+    def _prune_plan(
+        self,
+        max_repack_ratio: float,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> PrunePlan:
+        self.repo.flush()
+        snaps = self.list_snapshots()
+        unreadable = set(self.repo.snapshot_ids()) - {s.id for s in snaps}
+        if unreadable:
+            raise IntegrityError(
+                f"snapshot {min(unreadable)[:8]} cannot be read; prune refuses to delete "
+                "anything; run 'snapdeck check'"
+            )
+        return plan_prune(
+            self.repo, snaps, max_repack_ratio=max_repack_ratio, progress=progress, cancel=cancel
+        )
+
+    def plan_prune(
+        self,
+        *,
+        max_repack_ratio: float = DEFAULT_MAX_REPACK_RATIO,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PrunePlan:
+        """What prune would delete and repack (under a shared lock; nothing changes)."""
+        with self._mutex, self.lock(exclusive=False, operation="prune --dry-run"):
+            return self._prune_plan(max_repack_ratio, progress, cancel)
+
+    def prune(
+        self,
+        *,
+        max_repack_ratio: float = DEFAULT_MAX_REPACK_RATIO,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PruneResult:
+        """Delete unreferenced data (mark and sweep), under the exclusive lock."""
+        with self._mutex, self.lock(exclusive=True, operation="prune") as lk:
+            return self._prune_locked(lk, max_repack_ratio, progress, cancel)
+
+    def _prune_locked(
+        self,
+        lk: RepositoryLock,
+        max_repack_ratio: float,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> PruneResult:
+        plan = self._prune_plan(max_repack_ratio, progress, cancel)
+        if plan.nothing_to_do:
+            size = sum(i.size for k in ("data", "index") for i in self.storage.list(k))
+            return PruneResult(
+                plan=plan,
+                packs_written=0,
+                index_segments_written=0,
+                bytes_before=size,
+                bytes_after=size,
+            )
+        return execute_prune(self.repo, plan, check_lock=lk.check, progress=progress, cancel=cancel)
+
+    # ------------------------------------------------------------ checkpoints, in-place restore,
+    # resume (issue 3; the work is in backend/snapshots.py, history.py, resume.py, watch.py)
+
+    def _exclude_own_dirs(self, opts: SnapshotOptions) -> SnapshotOptions:
+        """``opts`` with the repository, catalog and resume directories never entered."""
+        excl = set(opts.exclude_inodes)
+        dirs = [self.storage.location]
+        if self.catalog.path is not None:
+            dirs.append(str(self.catalog.path.parent))
+        if self.cache_dir is not None:
+            dirs.append(str(self.cache_dir / "resume"))
+        for d in dirs:
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue
+            excl.add((st.st_dev, st.st_ino))
+        return SnapshotOptions(**{**_opts_dict(opts), "exclude_inodes": frozenset(excl)})
+
+    def resume_journal(self, source: str, host: str | None = None) -> ResumeJournal | None:
+        """The resume journal of ``source`` (None without a cache directory)."""
+        if self.cache_dir is None:
+            return None
+        return ResumeJournal.for_source(
+            self.cache_dir,
+            location=self.storage.location,
+            repo_id=self.repo.config.id,
+            format_version=self.repo.config.version,
+            host=host or socket.gethostname(),
+            source=os.path.abspath(source),
+        )
+
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        options: SnapshotOptions | None = None,
+        dirty: Collection[bytes] | None = None,
+        base: Snapshot | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CheckpointResult:
+        """Snapshot ``path`` only if it really changed since its HEAD (watch mode).
+
+        Args:
+            path: the source directory.
+            options: as for ``create_snapshot`` (watch passes trigger ``watch``).
+            dirty: paths (relative, bytes) that changed since HEAD: only they and their
+                ancestors are examined. None: a full scan.
+            base: the previous result's ``base``; used instead of HEAD when it is HEAD.
+            progress: receives one ``advance`` per file examined.
+            cancel: set to abandon the checkpoint (nothing is saved, HEAD stays).
+
+        "Really changed" means the new root tree differs from HEAD's and a diff finds a
+        change (ctime and inode numbers alone do not count, nor a directory's mtime).
+        """
+        started = time.monotonic()
+        src = os.path.abspath(path)
+        opts = self._exclude_own_dirs(options or SnapshotOptions())
+        journal = self.resume_journal(src, opts.host or None)
+        with self._mutex, self.lock(exclusive=False, operation="checkpoint"):
+            head = self.head(src, opts.host or None)
+            par = base if base is not None and head is not None and base.id == head.id else head
+            snap, problems = build_snapshot(
+                self.repo,
+                src,
+                parent=par,
+                options=opts,
+                progress=progress,
+                cancel=cancel,
+                clock=self.clock,
+                dirty=dirty,
+                resume=journal,
+            )
+            if head is not None and not self._trees_differ(head.tree, snap.tree):
+                if journal is not None:
+                    journal.clear()
+                new_base = replace(head, tree=snap.tree)
+                return CheckpointResult(
+                    None, new_base, problems, round(time.monotonic() - started, 4)
+                )
+            saved = self.repo.save_snapshot(snap)
+            self.catalog.add(saved)
+            self.set_head(saved)
+            if journal is not None:
+                journal.clear()
+        return CheckpointResult(saved, saved, problems, round(time.monotonic() - started, 4))
+
+    def _trees_differ(self, a_hex: str, b_hex: str) -> bool:
+        if a_hex == b_hex:
+            return False
+        load = self.repo.load_tree
+        a, b = BlobId(bytes.fromhex(a_hex)), BlobId(bytes.fromhex(b_hex))
+        return next(iter(diff_trees(load, a, load, b)), None) is not None
+
+    def restore_in_place(
+        self,
+        snap: Snapshot,
+        *,
+        options: SnapshotOptions | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[Snapshot | None, RestoreResult]:
+        """Restore ``snap`` over its source directory, undoably.
+
+        First a guard checkpoint of the current state (trigger ``restore-guard``, message
+        naming ``snap``), then what the guard has and ``snap`` does not is removed (only
+        tracked paths: the repository, caches and excluded files stay), then ``snap`` is
+        written (unchanged files are left alone), then the source's HEAD moves to ``snap``:
+        the next checkpoint's parent is ``snap``, so history branches. ``undo_restore`` goes
+        back to the guard.
+
+        Returns:
+            The guard snapshot (None if the source did not exist) and the restore result.
+        """
+        src = snap.source
+        guard: Snapshot | None = None
+        removed = 0
+        extra_problems: list[Problem] = []
+        if os.path.isdir(src):
+            gopts = SnapshotOptions(
+                **{
+                    **_opts_dict(options or SnapshotOptions()),
+                    "trigger": "restore-guard",
+                    "message": f"before restoring {snap.short_id}",
+                    "host": snap.host,
+                }
+            )
+            guard = self.create_snapshot(
+                src, options=gopts, progress=progress, cancel=cancel
+            ).snapshot
+            check_cancel(cancel)
+            load = self.repo.load_tree
+            gone = [
+                ch.path
+                for ch in diff_trees(
+                    load,
+                    BlobId(bytes.fromhex(guard.tree)),
+                    load,
+                    BlobId(bytes.fromhex(snap.tree)),
+                )
+                if ch.change in ("D", "T")
+            ]
+            with self.lock(exclusive=False, operation="restore"):
+                removed, extra_problems = remove_tracked(src, gone)
+        res = self.restore(
+            snap, src, overwrite="if-changed", delete=False, progress=progress, cancel=cancel
+        )
+        if removed or extra_problems:
+            res = replace(
+                res,
+                files_deleted=res.files_deleted + removed,
+                problems=(*res.problems, *extra_problems),
+            )
+        with self._mutex:
+            self.meta.set_head(snap.host, src, snap.id)
+        return guard, res
+
+    def last_guard(self, source: str) -> Snapshot | None:
+        """The newest ``restore-guard`` snapshot of ``source`` (what ``undo`` returns to)."""
+        src = os.path.abspath(source)
+        guards = [s for s in self.list_snapshots(source=src) if s.trigger == "restore-guard"]
+        return guards[-1] if guards else None
+
+    def undo_restore(
+        self,
+        source: str,
+        *,
+        options: SnapshotOptions | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[Snapshot, Snapshot | None, RestoreResult]:
+        """Return ``source`` to the state before its last in-place restore.
+
+        The newest guard is restored in place, which itself takes a guard first: undoing
+        twice redoes. Returns (the guard restored, the new guard, the restore result).
+
+        Raises:
+            SnapshotNotFound: the source was never restored in place.
+        """
+        target = self.last_guard(source)
+        if target is None:
+            raise SnapshotNotFound(
+                f"nothing to undo: {escape_path(os.path.abspath(source))} was never restored in place"
+            )
+        guard, res = self.restore_in_place(
+            target, options=options, progress=progress, cancel=cancel
+        )
+        return target, guard, res
+
+    # ------------------------------------------------------------ check and repair
+    # (issue 6; the work is in backend/check.py and backend/repair.py)
+
+    def _save_locked(self, lk: RepositoryLock, snap: Snapshot) -> Snapshot:
+        """Write a snapshot object only while our lock still holds (a lost lock aborts)."""
+        lk.check()
+        return self.repo.save_snapshot(snap)
+
+    def _forget_missing_packs(self) -> None:
+        if not self._packs_verified:
+            self._packs_verified = True
+            forget_missing_packs(self.repo)
+
+    def check(
+        self,
+        *,
+        read_data: bool = False,
+        subset: str | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CheckResult:
+        """Verify the repository (under a shared lock); findings, never an exception for damage."""
+        with self.lock(exclusive=False, operation="check") as lk, _lost_lock_is_fatal(lk):
+            return check_repository(
+                self.repo,
+                read_data=read_data,
+                subset=subset,
+                catalog=self.catalog.all,
+                progress=progress,
+                cancel=lk.cancel_when_lost(cancel),
+            )
+
+    def repair_index(
+        self, *, progress: Progress | None = None, cancel: threading.Event | None = None
+    ) -> RepairResult:
+        """Rebuild the index from pack headers (exclusive lock)."""
+        with self._mutex, self.lock(exclusive=True, operation="repair index"):
+            self.repo.flush()
+            return repair_index(self.repo, progress=progress, cancel=cancel)
+
+    def repair_packs(
+        self,
+        packs: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RepairResult:
+        """Salvage damaged packs and drop them from the index (exclusive lock)."""
+        with self._mutex, self.lock(exclusive=True, operation="repair packs"):
+            self.repo.flush()
+            return repair_packs(self.repo, packs, dry_run=dry_run, progress=progress, cancel=cancel)
+
+    def repair_snapshots(
+        self,
+        *,
+        forget: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RepairResult:
+        """Rewrite snapshots that reference unreadable data (exclusive lock)."""
+
+        def on_rewrite(old: str, new: Snapshot | None) -> None:
+            self.catalog.remove([old])
+            if new is not None:
+                self.catalog.add(new)
+
+        with self._mutex, self.lock(exclusive=True, operation="repair snapshots"):
+            self.repo.flush()
+            return repair_snapshots(
+                self.repo,
+                self.meta,
+                forget=forget,
+                dry_run=dry_run,
+                clock=self.clock,
+                on_rewrite=on_rewrite,
+                progress=progress,
+                cancel=cancel,
+            )
+
+
+@contextmanager
+def _lost_lock_is_fatal(lk: RepositoryLock) -> Iterator[None]:
+    """Turn the ``Cancelled`` that a lost lock causes into ``StoreLocked`` (issue 6)."""
+    try:
+        yield
+    except Cancelled:
+        lk.check()
+        raise
 
 
 def _annotate(snap: Snapshot, note: Note | None) -> Snapshot:

@@ -49,7 +49,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     root = tmp_path / ENV_ROOT
     (root / "home").mkdir(parents=True)
     for var in list(os.environ):
-        if var == "NO_COLOR" or var.startswith("TEXTUAL"):
+        if var == "NO_COLOR" or (var.startswith("TEXTUAL") and var != "TEXTUAL_SNAPSHOT_TEMPDIR"):
+            # (pytest-textual-snapshot's report directory is kept: its plugin reads it back.)
             monkeypatch.delenv(var)
     monkeypatch.delenv("SNAPDECK_REPO", raising=False)
     monkeypatch.delenv("SNAPDECK_CONFIG", raising=False)

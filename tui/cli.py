@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from backend.config import Config, default_cache_dir, default_repo_path, load_config
+from backend.crypto import CIPHERS, DEFAULT_CIPHER
 from backend.errors import Cancelled, StoreError, UsageError
 from backend.model import Entry, EntryKind, RestoreResult, Snapshot
 from backend.snapshots import SnapshotOptions, escape_path
@@ -45,6 +46,9 @@ class Ctx:
     _config: Config | None = None
     _store: Store | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # --- encryption (issue 6): password sources; see tui/cmd_key.py ---
+    password_file: str | None = None
+    password_command: str | None = None
 
     @property
     def config(self) -> Config:
@@ -79,6 +83,8 @@ class Ctx:
                 create=create,
                 cache_dir=default_cache_dir(),
                 compression_level=self.config.snapshot.compression_level,
+                password=password_provider(self),  # issue 6: asked only if encrypted
+                s3=self.config.s3,  # issue 7
             )
         return self._store
 
@@ -205,6 +211,19 @@ def common(f: F) -> F:
                 "--json", attr="json", flag=True, help="Machine-readable output on stdout."
             ),
             _global_option("-q", "--quiet", attr="quiet", flag=True, help="Print only errors."),
+            # --- encryption (issue 6) ---
+            _global_option(
+                "--password-file",
+                attr="password_file",
+                flag=False,
+                help="Read the repository password from the first line of this file.",
+            ),
+            _global_option(
+                "--password-command",
+                attr="password_command",
+                flag=False,
+                help="Run this command; its first output line is the repository password.",
+            ),
         ]
     ):
         f = opt(f)
@@ -259,7 +278,7 @@ class SnapdeckGroup(click.Group):
                 obj.close()
 
 
-_GLOBAL_WITH_VALUE = ("--repo", "-r", "--config")
+_GLOBAL_WITH_VALUE = ("--repo", "-r", "--config", "--password-file", "--password-command")
 _GLOBAL_FLAGS = ("--json", "-q", "--quiet")
 
 
@@ -298,16 +317,33 @@ def _trailing(args: list[str]) -> list[str]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option(
+    "--password-file",
+    metavar="FILE",
+    help="Repository password: first line of FILE (default: $SNAPDECK_PASSWORD_FILE).",
+)
+@click.option(
+    "--password-command",
+    metavar="CMD",
+    help="Repository password: first output line of CMD (default: $SNAPDECK_PASSWORD_COMMAND).",
+)
 @click.version_option(package_name="snapdeck")
 @click.pass_context
 def cli(
-    ctx: click.Context, repo: str | None, config_path: str | None, as_json: bool, quiet: bool
+    ctx: click.Context,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+    quiet: bool,
+    password_file: str | None,
+    password_command: str | None,
 ) -> None:
     """snapdeck keeps the history of a directory.
 
     Run without a command to open the TUI on the current directory.
     """
     ctx.obj = Ctx(repo=repo, config_path=config_path, json=as_json, quiet=quiet)
+    ctx.obj.password_file, ctx.obj.password_command = password_file, password_command
 
 
 # ------------------------------------------------------------------ init
@@ -315,17 +351,45 @@ def cli(
 
 @cli.command()
 @common
-def init() -> None:
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help="Encrypt everything with a password (asked, or from the password options/env).",
+)
+@click.option(
+    "--cipher",
+    type=click.Choice(CIPHERS),
+    default=DEFAULT_CIPHER,
+    show_default=True,
+    help="The AEAD of an encrypted repository (chacha20-poly1305 for CPUs without AES).",
+)
+def init(encrypt: bool, cipher: str) -> None:
     """Create a repository at --repo (or the default location)."""
     c = get_ctx()
     store = Store.init(
         c.repo_location(),
         cache_dir=default_cache_dir(),
         compression_level=c.config.snapshot.compression_level,
+        password=new_password(c, "init --encrypt") if encrypt else None,  # issue 6
+        cipher=cipher,
+        s3=c.config.s3,  # issue 7
     )
     c._store = store
     if c.json:
-        emit_json({"repository": store.location, "id": store.repo_id})
+        emit_json(
+            {
+                "repository": store.location,
+                "id": store.repo_id,
+                "encrypted": encrypt,
+                "cipher": cipher if encrypt else None,
+            }
+        )
+    elif encrypt:
+        info(
+            c,
+            f"created encrypted repository {store.repo_id[:8]} at {store.location} ({cipher}); "
+            "without the password its data cannot be read: keep it safe",
+        )
     else:
         info(c, f"created repository {store.repo_id[:8]} at {store.location}")
 
@@ -625,6 +689,13 @@ def diff(snap_a: str, snap_b: str | None, path: str, live: bool, content: bool) 
     "--delete", is_flag=True, help="Remove files in the target that the snapshot does not have."
 )
 @click.option("--keep-setuid", is_flag=True, help="Keep setuid/setgid bits (stripped by default).")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Restore over the snapshot's source directory, after a guard checkpoint "
+    "(undo with 'snapdeck undo'); HEAD moves to SNAP.",
+)
+@click.option("--source", metavar="DIR", help="Resolve HEAD against this source.")
 def restore(
     snap: str,
     target: str | None,
@@ -634,13 +705,29 @@ def restore(
     overwrite: str,
     delete: bool,
     keep_setuid: bool,
+    in_place: bool,
+    source: str | None,
 ) -> None:
-    """Restore snapshot SNAP into a directory or a ZIP file."""
+    """Restore snapshot SNAP into a directory, a ZIP file, or over its source (--in-place)."""
     c = get_ctx()
-    if (target is None) == (zip_path is None):
-        raise UsageError("restore needs exactly one of --target DIR or --zip FILE")
+    if sum((target is not None, zip_path is not None, in_place)) != 1:
+        raise UsageError("restore needs exactly one of --target DIR, --zip FILE or --in-place")
     store = c.store()
-    s = store.resolve(snap)
+    s = store.resolve(snap, source=source)
+    if in_place:  # issue 3: guard checkpoint, restore over the source, HEAD → SNAP
+        if includes or dry_run or delete or overwrite != "always" or keep_setuid:
+            raise UsageError(
+                "--in-place takes no --include, --dry-run, --overwrite, --delete or "
+                "--keep-setuid (it always makes the source equal the snapshot)"
+            )
+        from tui.cmd_history import report_in_place
+
+        scfg = c.config.snapshot
+        opts = SnapshotOptions(excludes=scfg.exclude, exclude_caches=scfg.exclude_caches)
+        with progress_bar(c, f"restore {s.short_id} in place") as prog:
+            guard, res = store.restore_in_place(s, options=opts, progress=prog, cancel=c.cancel)
+        report_in_place(c, s, guard, res, s.source)
+        return
     if zip_path is not None:
         if zip_path == "-":
             res = store.restore_zip(s, sys.stdout.buffer, includes=includes)
@@ -727,13 +814,32 @@ def _report_restore(
 @cli.command()
 @common
 def stats() -> None:
-    """Repository size, raw bytes, dedup and compression ratios."""
+    """Repository size, dedup and compression ratios, and each snapshot's exclusive size.
+
+    A snapshot's exclusive size is the stored (compressed) bytes no other snapshot references:
+    what removing it and pruning would free.
+    """
+    # Exclusive sizes: issue 4 (backend/usage.py).
     c = get_ctx()
-    st = c.store().stats()
+    store = c.store()
+    st = store.stats()
+    snaps = store.list_snapshots(refresh=False)
+    with progress_bar(c, "usage") as prog:
+        usage = store.usage(progress=prog, cancel=c.cancel)
+    per_snapshot = [
+        {
+            "id": s.id,
+            "time": s.time.isoformat(),
+            "source": s.source,
+            "raw_bytes": s.stats.total_bytes,
+            "exclusive_bytes": usage[s.id].exclusive_bytes if s.id in usage else 0,
+        }
+        for s in snaps
+    ]
     if c.json:
         emit_json(
             {
-                "repository": c.store().location,
+                "repository": store.location,
                 "snapshots": st.snapshots,
                 "packs": st.packs,
                 "blobs": st.blobs,
@@ -742,10 +848,11 @@ def stats() -> None:
                 "stored_bytes": st.stored_bytes,
                 "dedup_ratio": round(st.dedup_ratio, 3),
                 "compression_ratio": round(st.compression_ratio, 3),
+                "snapshot_usage": per_snapshot,
             }
         )
         return
-    info(c, f"repository   {c.store().location}")
+    info(c, f"repository   {store.location}")
     info(c, f"snapshots    {st.snapshots}")
     info(c, f"raw          {format_size(st.raw_bytes)}  (all snapshots, as restored)")
     info(
@@ -757,6 +864,15 @@ def stats() -> None:
         f"stored       {format_size(st.stored_bytes)}  (compression ratio {st.compression_ratio:.2f}x)",
     )
     info(c, f"packs/blobs  {st.packs} / {st.blobs}")
+    if per_snapshot:
+        info(c, f"\n{'id':<8}  {'time':<19}  {'size':>10}  {'exclusive':>10}  source")
+    for s, row in zip(snaps, per_snapshot, strict=True):
+        info(
+            c,
+            f"{s.short_id}  {s.time.astimezone():%Y-%m-%d %H:%M:%S}  "
+            f"{format_size(s.stats.total_bytes):>10}  {format_size(row['exclusive_bytes']):>10}  "
+            f"{escape_path(s.source)}",
+        )
 
 
 @cli.command()
@@ -812,7 +928,8 @@ def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
 
 
 # The other areas' commands live in their own modules; importing them registers them on `cli`.
-from tui import cmd_check, cmd_copy, cmd_history, cmd_maint  # noqa: E402,F401
+from tui import cmd_check, cmd_copy, cmd_history, cmd_key, cmd_maint  # noqa: E402,F401
+from tui.cmd_key import new_password, password_provider  # noqa: E402  (issue 6)
 
 
 def main() -> None:

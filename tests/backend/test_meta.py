@@ -110,4 +110,4 @@ def test_forget_removes_snapshot_and_its_note(store: Store, src: Path) -> None:
     assert store.forget([s1.id, "0" * 64]) == [s1.id]
     assert [s.id for s in store.list_snapshots()] == [s2.id]
     assert store.meta.notes() == {}
-    assert b"two" == b"".join(store.read_file(s2, "a.txt"))
+    assert b"".join(store.read_file(s2, "a.txt")) == b"two"
