@@ -19,16 +19,22 @@ from backend.storage import (
     ObjectStorage,
     open_storage,
 )
+from tests.s3.server import BUCKET, SeaweedServer, new_prefix, s3_server  # noqa: F401
 
 PACK = "ab" + "0" * 62
 OTHER_PACK = "cd" + "1" * 62
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStorage]:
-    store: ObjectStorage = (
-        MemoryStorage() if request.param == "memory" else LocalStorage(tmp_path / "repo")
-    )
+    store: ObjectStorage
+    if request.param == "memory":
+        store = MemoryStorage()
+    elif request.param == "local":
+        store = LocalStorage(tmp_path / "repo")
+    else:  # a real SeaweedFS server on loopback, a fresh prefix per test
+        server: SeaweedServer = request.getfixturevalue("s3_server")
+        store = server.storage(BUCKET, new_prefix())
     store.create()
     yield store
     store.close()
@@ -269,8 +275,11 @@ def test_open_storage(tmp_path: Path) -> None:
     assert local.root == tmp_path / "r"
     assert isinstance(open_storage(f"file://{tmp_path}/r"), LocalStorage)
     assert isinstance(open_storage("memory://"), MemoryStorage)
-    with pytest.raises(UsageError, match="S3 repositories are not supported yet"):
-        open_storage("s3://bucket/prefix")
+    s3 = open_storage("s3://bucket/some/prefix")
+    assert s3.location == "s3://bucket/some/prefix"
+    for bad in ("s3://", "s3://B/x", "s3://bucket/../x", "s3://bucket/a b"):
+        with pytest.raises(UsageError):
+            open_storage(bad)
     with pytest.raises(UsageError):
         open_storage("ftp://host/x")
     with pytest.raises(UsageError):
