@@ -1,0 +1,481 @@
+"""The snapdeck Textual app: screens over one ``Store``, a watcher feeding live checkpoints.
+
+Every backend call runs in a thread worker; results come back as messages. Errors the backend
+raises on purpose (``StoreError``) become toasts; anything else is a toast naming the bug, with
+the traceback in Textual's log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from backend.clock import Clock, SystemClock
+from backend.config import Config, load_state, save_state
+from backend.errors import Cancelled, StoreError
+from backend.model import Snapshot
+from backend.snapshots import SnapshotOptions
+from backend.store import Store
+from tui import theming
+from tui.messages import StoreChanged, WatchState
+
+if TYPE_CHECKING:
+    from tui.cli import Ctx
+
+
+class CheckpointLanded(StoreChanged):
+    """A watch checkpoint was written."""
+
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class WatchProblem(Message):
+    """A one-line problem the watcher reported (watching goes on)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class SnapApp(App[None]):
+    """The snapdeck TUI.
+
+    Args:
+        store: the open repository.
+        dirs: the directories to watch (absolute paths).
+        config: settings (theme, keymap, watch, snapshot excludes).
+        clock: the time source (a ``FixedClock`` in tests).
+        watch: watch ``dirs`` and take checkpoints when they change.
+        state_file: where the remembered theme goes (default: the platform state file).
+        user_theme_dir: user themes (default: ``~/.config/snapdeck/themes``).
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "snapdeck"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("ctrl+t", "cycle_theme", "Theme", id="theme", show=False),
+        Binding("E", "eviction", "Eviction", id="eviction", show=False),
+    ]
+
+    watch_state: reactive[WatchState | None] = reactive(None)
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dirs: Sequence[str] = (),
+        config: Config | None = None,
+        clock: Clock | None = None,
+        watch: bool = True,
+        state_file: Path | None = None,
+        user_theme_dir: Path | None = None,
+    ) -> None:
+        self.config = config or Config()
+        super().__init__()
+        self.store = store
+        self.clock: Clock = clock or store.clock or SystemClock()
+        self.dirs = [os.path.abspath(d) for d in dirs]
+        self.watch_enabled = watch and bool(self.dirs)
+        self.state_file = state_file
+        self.animation_level = self.config.ui.animation
+        self.cursor_blink = self.config.ui.cursor_blink
+        self.theme_failures: list[tuple[Path, str]] = []
+        self._watch_stop = threading.Event()
+        self._watcher: Any = None
+        self._watch_started = False
+        self._state: dict[str, Any] = load_state(state_file)
+        bundled = theming.bundled_themes()
+        user, failed = theming.user_themes(user_theme_dir)
+        for t in (*bundled, *user):
+            self.register_theme(t)
+        self.cycle_themes = list(dict.fromkeys(t.name for t in (*bundled, *user)))
+        """The themes ``ctrl+t`` cycles through (bundled, then the user's)."""
+        self.theme_failures = failed
+        wanted = str(self._state.get("theme") or self.config.ui.theme)
+        if self.get_theme(wanted) is None:
+            wanted = theming.DEFAULT_THEME
+        self.theme = wanted
+        self.repo_label = _short_location(store.location)
+
+    # ------------------------------------------------------------ theming
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        try:
+            theme = self.current_theme
+        except Exception:  # during construction, before a theme is chosen
+            return theming.variable_defaults(self.available_themes["textual-dark"])
+        return theming.variable_defaults(theme)
+
+    def _theme_changed(self, theme: Any) -> None:
+        self._state["theme"] = self.theme
+        self._save_state(dict(self._state))
+
+    @work(thread=True, group="state", exit_on_error=False)
+    def _save_state(self, state: dict[str, Any]) -> None:
+        save_state(state, self.state_file)
+
+    def action_cycle_theme(self) -> None:
+        """Switch to the next snapdeck (bundled or user) theme."""
+        names = self.cycle_themes
+        if not names:
+            return
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        from tui.screens.timeline import TimelineScreen
+
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self._apply_keymap()
+        if self.theme_failures:
+            lines = "\n".join(f"{p.name}: {why}" for p, why in self.theme_failures)
+            self.notify(f"skipped broken theme file(s):\n{lines}", severity="warning", timeout=8)
+        self.push_screen(TimelineScreen())
+        if not self.watch_enabled:
+            self.watch_state = WatchState(0, note="--no-watch" if self.dirs else "")
+        # watching starts once the repository has a snapshot (the timeline or the welcome
+        # screen calls start_watching), so an empty repository first shows the welcome
+
+    def _apply_keymap(self) -> None:
+        keymap = dict(self.config.keymap)
+        if not keymap:
+            return
+        known = known_binding_ids()
+        unknown = sorted(set(keymap) - known)
+        if unknown:
+            self.notify(
+                f"[keymap]: unknown binding id(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}",
+                severity="warning",
+                timeout=10,
+                markup=False,
+            )
+        self.set_keymap({k: v for k, v in keymap.items() if k in known})
+
+    def on_unmount(self) -> None:
+        self.stop_watching()
+
+    # ------------------------------------------------------------ errors
+
+    def show_error(self, exc: BaseException) -> None:
+        """The one place errors are shown: expected ones as a toast, bugs with their type."""
+        if isinstance(exc, Cancelled):
+            self.notify("cancelled", severity="warning", timeout=3)
+        elif isinstance(exc, StoreError):
+            self.notify(str(exc), title=type(exc).__name__, severity="error", markup=False)
+        elif isinstance(exc, OSError):
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            self.notify(f"{exc.strerror or exc}{where}", severity="error", markup=False)
+        else:
+            self.log.error("".join(traceback.format_exception(exc)))
+            self.notify(
+                f"internal error: {type(exc).__name__}: {exc}",
+                title="bug",
+                severity="error",
+                markup=False,
+                timeout=10,
+            )
+
+    @on(Worker.StateChanged)
+    def _app_worker_failed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            self.show_error(event.worker.error)
+
+    # ------------------------------------------------------------ navigation
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def open_browser(self, snap: Snapshot, path: str = "") -> None:
+        """Push the browser on a snapshot."""
+        from tui.screens.browser import BrowserScreen
+
+        self.push_screen(BrowserScreen(snap, path=path))
+
+    def open_history(self, source: str | None = None, snap: Snapshot | None = None) -> None:
+        """Push the checkpoint graph of a source."""
+        from tui.screens.history import HistoryScreen
+
+        self.push_screen(HistoryScreen(source=source, select=snap))
+
+    def open_diff(self, a: Snapshot, b: Snapshot | None, path: str = "") -> None:
+        """Push the diff screen (``b`` None: against the live directory)."""
+        try:
+            from tui.screens.diff import DiffScreen  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            self.notify("the diff screen is not available in this build", severity="warning")
+            return
+        try:
+            screen = DiffScreen(self.store, a, b, path)
+        except Exception as exc:  # a partial build of the diff screen: say so, keep running
+            self.show_error(exc)
+            return
+        self.push_screen(screen)
+
+    def action_eviction(self) -> None:
+        """Push the eviction screen."""
+        try:
+            from tui.screens.eviction import (  # type: ignore[import-not-found,unused-ignore]
+                EvictionScreen,
+            )
+        except ImportError:
+            self.notify("the eviction screen is not available in this build", severity="warning")
+            return
+        try:
+            self.push_screen(EvictionScreen(self.store))
+        except Exception as exc:
+            self.show_error(exc)
+
+    # ------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        seen: set[str] = {"quit", "command_palette", "help"}
+        for key, active in screen.active_bindings.items():
+            b = active.binding
+            if not b.description or b.action in seen or not active.enabled:
+                continue
+            seen.add(b.action)
+            shown = self.get_key_display(b)
+            yield SystemCommand(
+                b.description,
+                b.tooltip or f"{b.description} (key: {shown or key})",
+                partial(self._run_bound, b.action, active.node),
+            )
+        yield SystemCommand("Help", "Show the key bindings (key: ?)", self.action_help)
+        yield SystemCommand(
+            "Next theme", "Cycle snapdeck themes (key: ctrl+t)", self.action_cycle_theme
+        )
+        yield SystemCommand(
+            "Eviction", "Repository usage and eviction (key: E)", self.action_eviction
+        )
+
+    def _run_bound(self, action: str, node: Any) -> None:
+        self.call_later(self.run_action, action, node)
+
+    # ------------------------------------------------------------ store changes
+
+    @on(StoreChanged)
+    def _broadcast_store_changed(self, event: StoreChanged) -> None:
+        for screen in self.screen_stack:
+            if hasattr(screen, "reload"):
+                screen.post_message(StoreChanged())
+
+    def store_changed(self) -> None:
+        """Tell every screen the repository changed (thread-safe)."""
+        self.post_message(StoreChanged())
+
+    # ------------------------------------------------------------ snapshots (shared by screens)
+
+    def snapshot_options(self, trigger: str = "manual") -> SnapshotOptions:
+        """Options for a snapshot taken from the UI (config excludes applied)."""
+        cfg = self.config.snapshot
+        return SnapshotOptions(
+            trigger=trigger,
+            excludes=tuple(cfg.exclude),
+            exclude_caches=cfg.exclude_caches,
+            threads=cfg.threads,
+        )
+
+    # ------------------------------------------------------------ watching
+
+    def start_watching(self) -> None:
+        """Start the watcher once (after the first snapshot exists): the backend's
+        ``Watcher`` when available, else a small built-in one."""
+        if not self.watch_enabled or self._watch_started:
+            return
+        self._watch_started = True
+        self._watch_stop.clear()
+        self.watch_state = WatchState(len(self.dirs), note="starting")
+        try:
+            from backend import watch as watch_mod
+        except ImportError:  # an older backend: the built-in watcher below
+            watch_mod = None  # type: ignore[assignment]
+        if watch_mod is not None:
+            self._watcher = watch_mod.Watcher(
+                self.store,
+                self.dirs,
+                self.config.watch,
+                options=self.snapshot_options("watch"),
+                on_checkpoint=self._watcher_checkpoint_cb,
+                on_state=self._watcher_state_cb,
+                on_error=self._watcher_error_cb,
+            )
+            self._run_backend_watcher()
+        else:
+            self._run_builtin_watcher()
+
+    def stop_watching(self) -> None:
+        """Stop watching (idempotent)."""
+        self._watch_stop.set()
+        w = self._watcher
+        if w is not None:
+            try:
+                w.stop()
+            except Exception as exc:  # stopping must never stop the app from closing
+                self.log.error(f"watcher stop: {exc!r}")
+
+    def _watcher_checkpoint_cb(self, result: Any) -> None:
+        snap = getattr(result, "snapshot", result)
+        self.post_message(CheckpointLanded(snap if isinstance(snap, Snapshot) else None))
+
+    def _watcher_state_cb(self, state: Any) -> None:
+        mode = str(getattr(state, "mode", "events"))
+        last = getattr(state, "last_checkpoint", None)
+        note = "" if mode in ("events", "starting") else mode
+        if getattr(state, "message", None):
+            note = f"{note}: {state.message}" if note else str(state.message)
+        self.post_message(
+            WatchState(
+                watching=0 if mode == "stopped" else len(getattr(state, "dirs", self.dirs)),
+                pending=int(getattr(state, "pending", 0) or 0),
+                last_checkpoint=getattr(last, "time", last),
+                busy=bool(getattr(state, "running", False)),
+                note=note,
+            )
+        )
+
+    def _watcher_error_cb(self, msg: str) -> None:
+        self.post_message(WatchProblem(msg))
+
+    @on(WatchProblem)
+    def _watch_problem(self, event: WatchProblem) -> None:
+        self.notify(event.text, title="watch", severity="warning", markup=False)
+
+    @on(WatchState)
+    def _show_watch_state(self, event: WatchState) -> None:
+        self.watch_state = event
+
+    @on(CheckpointLanded)
+    def _checkpoint_landed(self, event: CheckpointLanded) -> None:
+        self._broadcast_store_changed(event)
+
+    @work(thread=True, group="watch", exit_on_error=False, description="watching")
+    def _run_backend_watcher(self) -> None:
+        w = self._watcher
+        w.start()
+        self._watch_stop.wait()
+
+    @work(thread=True, group="watch", exit_on_error=False, description="watching")
+    def _run_builtin_watcher(self) -> None:
+        run_builtin_watcher(
+            self.store,
+            self.dirs,
+            self.config,
+            stop=self._watch_stop,
+            options=self.snapshot_options("watch"),
+            clock=self.clock,
+            post=self.post_message,
+        )
+
+
+def run_builtin_watcher(
+    store: Store,
+    dirs: Sequence[str],
+    config: Config,
+    *,
+    stop: threading.Event,
+    options: SnapshotOptions,
+    clock: Clock,
+    post: Callable[[Any], Any],
+) -> None:
+    """A minimal watcher (used until ``backend.watch`` exists): on changes, after
+    ``[watch] quiet_ms`` of quiet and at least ``min_interval_s`` apart, snapshot the changed
+    dirs; snapshots with no change are dropped again."""
+    import time
+
+    from watchfiles import watch
+
+    ignore = [os.path.abspath(store.location)]
+    if store.catalog.path is not None:
+        ignore.append(str(store.catalog.path.parent))
+    last_at: datetime | None = None
+    last_mono = 0.0
+    opts = SnapshotOptions(
+        **{
+            **{s: getattr(options, s) for s in SnapshotOptions.__slots__},
+            "excludes": (*options.excludes, *config.watch.ignore),
+        }
+    )
+    for changes in watch(
+        *dirs,
+        stop_event=stop,
+        debounce=max(50, config.watch.quiet_ms),
+        step=50,
+        raise_interrupt=False,
+    ):
+        paths = [
+            p for _c, p in changes if not any(p == i or p.startswith(i + os.sep) for i in ignore)
+        ]
+        if not paths:
+            continue
+        post(WatchState(len(dirs), pending=len(paths), last_checkpoint=last_at, busy=True))
+        wait = config.watch.min_interval_s - (time.monotonic() - last_mono)
+        if wait > 0 and stop.wait(wait):
+            break
+        touched = [d for d in dirs if any(p == d or p.startswith(d + os.sep) for p in paths)]
+        for d in touched:
+            parent = store.head(d)
+            res = store.create_snapshot(d, options=opts, cancel=stop)
+            if parent is not None and res.snapshot.tree == parent.tree:
+                store.forget([res.snapshot.id])
+                store.set_head(parent)
+            else:
+                last_at = clock.now()
+                post(CheckpointLanded(res.snapshot))
+        last_mono = time.monotonic()
+        post(WatchState(len(dirs), pending=0, last_checkpoint=last_at))
+
+
+def known_binding_ids() -> set[str]:
+    """Every binding id a ``[keymap]`` may rebind."""
+    from tui.screens import all_screen_classes
+    from tui.widgets.linelist import LineList
+
+    ids: set[str] = set()
+    for cls in (SnapApp, LineList, *all_screen_classes()):
+        for b in getattr(cls, "BINDINGS", []):
+            if isinstance(b, Binding) and b.id:
+                ids.add(b.id)
+    return ids
+
+
+def _short_location(loc: str) -> str:
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and loc.startswith(home + os.sep):
+        return "repo ~" + loc[len(home) :]
+    return f"repo {loc}"
+
+
+def run_app(ctx: Ctx, dirs: Sequence[str], watch: bool = True) -> None:
+    """Open the TUI (the ``ui`` command): the configured repository, watching ``dirs``."""
+    store = ctx.store()
+    cfg = ctx.config
+    app = SnapApp(store, dirs=dirs, config=cfg, watch=watch and cfg.watch.enabled)
+    app.run()

@@ -1,0 +1,47 @@
+"""The base of every snapdeck screen: a typed ``snap_app``, one error path for workers, the
+status bar, and "every binding is a command" for the command palette."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from textual import on
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from tui.messages import StoreChanged
+
+if TYPE_CHECKING:
+    from tui.app import SnapApp
+
+
+class BackendScreen(Screen[None]):
+    """A screen whose workers call the backend; their failures become toasts."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "back", "Back", id="back")]
+
+    @property
+    def snap_app(self) -> SnapApp:
+        """The app, typed."""
+        return cast("SnapApp", self.app)
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            self.snap_app.show_error(event.worker.error)
+            self.worker_failed(event.worker)
+
+    def worker_failed(self, worker: Worker[object]) -> None:
+        """Hook: undo a loading state after a failed worker."""
+
+    @on(StoreChanged)
+    def _store_changed(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Hook: reload data after the repository changed."""
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()

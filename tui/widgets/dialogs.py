@@ -1,0 +1,106 @@
+"""Modal dialogs: confirm (with an optional plan to read first) and a one-line input."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+DIALOG_CSS = """
+.dialog {
+    width: 72;
+    max-width: 90%;
+    height: auto;
+    max-height: 80%;
+    border: thick $primary 60%;
+    background: $surface;
+    padding: 1 2;
+}
+.dialog .title { text-style: bold; color: $primary; margin-bottom: 1; }
+.dialog .body { height: auto; max-height: 20; margin-bottom: 1; }
+.dialog .buttons { height: auto; align-horizontal: right; }
+.dialog Button { margin-left: 1; }
+.dialog.-danger { border: thick $error 70%; }
+.dialog.-danger .title { color: $error; }
+"""
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Ask yes/no; dismisses with True (yes) or False."""
+
+    DEFAULT_CSS = "ConfirmDialog { align: center middle; }\n" + DIALOG_CSS
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes", show=False),
+        Binding("n,escape", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(
+        self, title: str, body: str = "", *, yes: str = "Yes", danger: bool = False
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.yes = yes
+        self.danger = danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog -danger" if self.danger else "dialog"):
+            yield Label(self.title_text, classes="title")
+            if self.body:
+                with VerticalScroll(classes="body"):
+                    yield Static(self.body, markup=False)
+            with Horizontal(classes="buttons"):
+                yield Button("No", id="no")
+                yield Button(
+                    f"{self.yes} (y)", id="yes", variant="error" if self.danger else "primary"
+                )
+
+    def on_mount(self) -> None:
+        self.query_one("#yes", Button).focus()
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class InputDialog(ModalScreen[str | None]):
+    """Ask for one line of text; dismisses with the text, or None when cancelled."""
+
+    DEFAULT_CSS = "InputDialog { align: center middle; }\n" + DIALOG_CSS
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
+
+    def __init__(
+        self, title: str, *, value: str = "", placeholder: str = "", help: str = ""
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.value = value
+        self.placeholder = placeholder
+        self.help = help
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="title")
+            if self.help:
+                yield Static(self.help, classes="body", markup=False)
+            yield Input(value=self.value, placeholder=self.placeholder, id="answer")
+
+    def on_mount(self) -> None:
+        inp = self.query_one(Input)
+        inp.cursor_blink = self.app.cursor_blink if hasattr(self.app, "cursor_blink") else False
+        inp.focus()
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

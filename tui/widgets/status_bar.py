@@ -1,0 +1,55 @@
+"""The status bar: repository, watch state (dirs, last checkpoint, pending changes), hints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.formatting import relative_time
+from tui.messages import WatchState
+
+if TYPE_CHECKING:
+    from tui.app import SnapApp
+
+
+class StatusBar(Static):
+    """One line at the bottom of every screen, fed by the app's ``watch_state``."""
+
+    DEFAULT_CSS = """
+    StatusBar {
+        height: 1;
+        background: $panel;
+        color: $text-muted;
+        padding: 0 1;
+    }
+    """
+
+    def on_mount(self) -> None:
+        app = cast("SnapApp", self.app)
+        self.watch(app, "watch_state", self._show, init=True)
+
+    def _show(self, state: WatchState | None) -> None:
+        app = cast("SnapApp", self.app)
+        t = Text(no_wrap=True, overflow="ellipsis")
+        if state is None or state.watching == 0:
+            t.append("not watching", style="bold")
+            if state is not None and state.note:
+                t.append(f" · {state.note}")
+        else:
+            n = state.watching
+            t.append(f"watching {n} dir{'s' if n != 1 else ''}", style="bold")
+            if state.busy:
+                t.append(" · checkpoint running…")
+            if state.last_checkpoint is not None:
+                t.append(
+                    f" · last checkpoint {relative_time(state.last_checkpoint, app.clock.now())}"
+                )
+            else:
+                t.append(" · no checkpoint yet")
+            t.append(f" · {state.pending} pending change{'s' if state.pending != 1 else ''}")
+            if state.note:
+                t.append(f" · {state.note}")
+        t.append(f"  │  {app.repo_label}")
+        self.update(t)
