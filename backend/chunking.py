@@ -53,27 +53,44 @@ def chunk_fd(fd: int, params: ChunkerParams, size_hint: int) -> Iterator[memoryv
     """Read a file descriptor to the end and cut it into chunks, a window at a time.
 
     A chunk that ends at a window's end is carried into the next window, so boundaries are the
-    same as for the whole file in one buffer.
+    same as for the whole file in one buffer. Every window is a fresh buffer, never reused, so
+    the chunks (views into it) stay valid after the next window is read: a caller may hand
+    them to other threads without copying.
     """
     if size_hint <= WINDOW:
         data = _read_all(fd, size_hint)
         yield from chunk_buffer(data, params)
         return
-    carry = b""
+    carry: memoryview | None = None
     while True:
-        block = _read_all(fd, WINDOW)
-        eof = len(block) < WINDOW
-        window = carry + block if carry else block
+        n_carry = len(carry) if carry is not None else 0
+        buf = bytearray(n_carry + WINDOW)
+        if carry is not None:
+            buf[:n_carry] = carry
+        got = _readinto_all(fd, memoryview(buf)[n_carry:])
+        eof = got < WINDOW
+        window = memoryview(buf)[: n_carry + got] if eof else memoryview(buf)
         if eof:
             yield from chunk_buffer(window, params)
             return
         chunks = list(chunk_buffer(window, params))
         if not chunks:
-            carry = b""
+            carry = None
             continue
         yield from chunks[:-1]
-        last = chunks[-1]
-        carry = bytes(last)
+        carry = chunks[-1]
+
+
+def _readinto_all(fd: int, view: memoryview) -> int:
+    """Fill ``view`` from ``fd``; returns the bytes read (fewer only at EOF)."""
+    got = 0
+    total = len(view)
+    while got < total:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _read_all(fd: int, want: int) -> bytes:

@@ -309,14 +309,16 @@ class WatchConfig:
 class EvictConfig:
     """``[evict]``: keep the repository under a size budget and an age limit."""
 
-    max_size: str = field(default="", metadata=_checked(_size_or_empty("no size budget")))
+    max_size: str = field(default="1GiB", metadata=_checked(_size_or_empty("no size budget")))
     """The size budget, like ``"1GiB"`` or ``"500MB"``. Empty: no budget."""
     max_age: str = field(
-        default="", metadata=_checked(_duration_or_empty("no age limit", allow_zero=False))
+        default="7d", metadata=_checked(_duration_or_empty("no age limit", allow_zero=False))
     )
-    """Unprotected snapshots older than this duration are evicted, like ``"7d"``. Empty: none."""
+    """Unprotected snapshots not accessed for this duration are evicted, like ``"7d"``.
+    Empty: no age limit."""
     sweep_in_watch: bool = field(default=False, metadata=_checked(_boolean()))
-    """Apply the eviction plan in the background while watching."""
+    """Apply the eviction plan in the background while watching (off: ``snapdeck evict``
+    is the only thing that evicts)."""
     sweep_interval_s: int = field(default=3600, metadata=_checked(_integer(1)))
     """Seconds between background sweeps."""
 

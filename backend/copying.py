@@ -10,27 +10,35 @@ hashes), so a blob's id in B differs from its id in A. The copy then re-ids ever
 key and rewrites every tree (whose entries name blob and subtree ids); the snapshot gets a new
 id. When the keys are equal, ids are kept and any tree B already has is skipped whole.
 
-What is copied: the snapshot objects and all their data. What is not: HEADs, named refs, pins
-and tag edits (they belong to B's own history). A snapshot's parent is kept when the parent
-was copied too (or is already in B), else cleared. A snapshot B already has (same time, host
-and source) is skipped, so running the same copy twice copies nothing.
+What is copied: the snapshot objects and all their data. A snapshot's parent is kept when the
+parent was copied too (or is already in B), else cleared. A snapshot B already has (same time,
+host and source) is skipped, so running the same copy twice copies nothing.
+
+``copy_notes`` then carries A's notes over (``snapdeck copy`` always runs it): a pin pins the
+copy too (pins only ever add protection), and edited tags become the copy's tags unless B has
+edited that snapshot's tags itself (B's own edits win). With ``refs=True`` named refs of A that
+point at a copied snapshot are created in B, unless B has a ref of that name pointing
+elsewhere (left alone and reported). HEADs are never copied: they say which snapshot a
+directory on a host last equalled, which is B's own history.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from backend import format as fmt
 from backend.format import BLOB_DATA, BLOB_TREE
 from backend.ids import BlobId
+from backend.meta import Meta, Note
 from backend.model import Entry, EntryKind, Snapshot, Tree
 from backend.progress import NullProgress, Progress, check_cancel
 from backend.repository import Repository
 
-__all__ = ["CopiedSnapshot", "CopyResult", "copy_snapshots"]
+__all__ = ["CopiedNotes", "CopiedSnapshot", "CopyResult", "copy_notes", "copy_snapshots"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,4 +238,79 @@ def copy_snapshots(
         bytes_copied=copier.bytes_copied,
         bytes_stored=copier.bytes_stored,
         reid=copier.reid,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopiedNotes:
+    """What ``copy_notes`` carried over."""
+
+    pins: tuple[str, ...] = ()
+    """Destination ids newly pinned."""
+    tags: tuple[str, ...] = ()
+    """Destination ids whose tags were set from the source's tag edits."""
+    refs: tuple[str, ...] = ()
+    """Named refs created (or already equal) in the destination."""
+    ref_conflicts: dict[str, str] = field(default_factory=dict)
+    """Ref name → the destination snapshot it already points at (left alone)."""
+
+
+def copy_notes(
+    src: Meta,
+    dst: Meta,
+    mapping: Mapping[str, str],
+    *,
+    refs: bool = False,
+    now: datetime,
+) -> CopiedNotes:
+    """Carry pins, tag edits and (with ``refs``) named refs of copied snapshots from ``src``
+    to ``dst`` (see the module docstring for the rules).
+
+    Args:
+        src: The source repository's metadata.
+        dst: The destination's.
+        mapping: Source snapshot id → destination id, for every snapshot copied or found
+            already present (``CopyResult.snapshots``).
+        refs: Also copy named refs that point at one of those snapshots.
+        now: The time recorded on refs created.
+
+    Raises:
+        StoreError: Reading or writing a metadata object failed.
+    """
+    pins: list[str] = []
+    tags: list[str] = []
+    notes = src.notes()
+    for sid, did in mapping.items():
+        note = notes.get(sid)
+        if note is None:
+            continue
+        have = dst.note(did)
+        want = Note(
+            tags=have.tags if have.tags is not None else note.tags,
+            pinned=have.pinned or note.pinned,
+        )
+        if want == have:
+            continue
+        dst.set_note(did, want)
+        if want.pinned and not have.pinned:
+            pins.append(did)
+        if want.tags != have.tags:
+            tags.append(did)
+    made: list[str] = []
+    conflicts: dict[str, str] = {}
+    if refs:
+        theirs = dst.refs()
+        for name, sid in sorted(src.refs().items()):
+            target = mapping.get(sid)
+            if target is None:
+                continue
+            current = theirs.get(name)
+            if current is not None and current != target:
+                conflicts[name] = current
+                continue
+            if current is None:
+                dst.set_ref(name, target, now)
+            made.append(name)
+    return CopiedNotes(
+        pins=tuple(pins), tags=tuple(tags), refs=tuple(made), ref_conflicts=conflicts
     )

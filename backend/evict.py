@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.config import Config, EvictConfig
@@ -42,6 +44,7 @@ __all__ = ["EvictItem", "EvictPlan", "EvictResult", "execute_evict", "plan_evict
 log = logging.getLogger(__name__)
 
 NEWEST = "newest of its source"
+USAGE_CACHE = "usage-graph.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,13 @@ def repo_size(store: Store) -> int:
     return sum(i.size for k in ("data", "index", "snapshots") for i in store.storage.list(k))
 
 
+def usage_cache(store: Store) -> Path | None:
+    """Where a store keeps the usage graph's tree structure between runs (None: nowhere)."""
+    if store.cache_dir is None:
+        return None
+    return Path(store.cache_dir) / store.repo.config.id / USAGE_CACHE
+
+
 def protected_snapshots(store: Store, snaps: list[Snapshot]) -> dict[str, list[str]]:
     """HEADs, refs, pins, and the newest snapshot of each source: never evicted."""
     prot = {k: list(v) for k, v in store.protection().items()}
@@ -156,10 +166,16 @@ def plan_evict(
     max_size: int | None,
     max_age: Duration | None,
     now: datetime | None = None,
+    exclude: Collection[str] = (),
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> EvictPlan:
     """Plan an eviction (reads only; see the module docstring).
+
+    ``exclude``: ids of snapshots already planned for removal (by a forget): the plan is made
+    for the repository without them, so their objects and the data only they use count as
+    garbage that the prune after the eviction reclaims, and "newest of its source" is judged
+    among the others.
 
     Raises:
         UsageError: neither a size budget nor an age limit.
@@ -173,8 +189,13 @@ def plan_evict(
         raise UsageError("--max-size must be greater than zero")
     now = now or store.clock.now()
     snaps = store.list_snapshots()
+    if exclude:
+        gone = set(exclude)
+        snaps = [s for s in snaps if s.id not in gone]
     repo = store.repo
-    graph = UsageGraph.build(repo, snaps, progress=progress, cancel=cancel)
+    graph = UsageGraph.build(
+        repo, snaps, cache=usage_cache(store), progress=progress, cancel=cancel
+    )
     access = store.last_access()
     protected = protected_snapshots(store, snaps)
 

@@ -14,8 +14,12 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from backend.errors import StoreLocked
+from backend.locking import process_alive
+from backend.meta import head_name
 from backend.model import Problem, Snapshot
 from backend.snapshots import escape_path
 
@@ -166,6 +170,50 @@ def render_graph(nodes: Sequence[LogNode], *, graph: bool = True) -> list[str]:
 
 
 # ------------------------------------------------------------------ in-place restore
+
+RESTORING = "restoring/"
+"""``refs/restoring/<hash(host, source)>``: an in-place restore of that source is running."""
+MARKER_LEASE_S = 60.0
+"""How long a restore marker stays fresh without renewal (renewed every third of it)."""
+
+
+class RestoreInProgress(StoreLocked):
+    """An in-place restore of the source is running: a checkpoint now could save a
+    half-restored tree (exit code 12, like any busy repository)."""
+
+
+def restoring_name(host: str, source: str, key: bytes | None = None) -> str:
+    """The ref object name of a source's restore marker (keyed like its HEAD's name)."""
+    return RESTORING + head_name(host, source, key)[len("heads/") :]
+
+
+def marker_doc(host: str, source: str, snapshot: str, pid: int, expires: datetime) -> dict:
+    """The JSON of a restore marker."""
+    return {
+        "host": host,
+        "source": source,
+        "snapshot": snapshot,
+        "pid": pid,
+        "expires": expires.isoformat(),
+    }
+
+
+def marker_is_fresh(doc: Mapping[str, Any] | None, now: datetime, this_host: str) -> bool:
+    """Whether a restore marker still holds: its lease has not lapsed and, on this host, its
+    process is alive (a restore killed with -9 holds nothing back)."""
+    if not doc:
+        return False
+    try:
+        expires = datetime.fromisoformat(str(doc["expires"]))
+    except (KeyError, ValueError):
+        return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    if expires <= now:
+        return False
+    pid = doc.get("pid")
+    dead = doc.get("host") == this_host and isinstance(pid, int) and not process_alive(pid)
+    return not dead
 
 
 def _open_parent(root_fd: int, parts: list[bytes]) -> int:

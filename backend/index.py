@@ -7,18 +7,21 @@ Values are packed into one int per blob to keep memory small on large repositori
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
-from backend.format import PackEntry
+from backend.format import IndexRow, PackEntry
 from backend.ids import BlobId, PackId
 
 _M32 = (1 << 32) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a blob is stored."""
+def _loc(fields: tuple[PackId, int, int, int, int]) -> Location:
+    return tuple.__new__(Location, fields)
+
+
+class Location(NamedTuple):
+    """Where a blob is stored (a named tuple: cheap to make, one per lookup)."""
 
     pack: PackId
     type: int
@@ -41,8 +44,10 @@ class ChunkIndex:
     def __contains__(self, blob: object) -> bool:
         return blob in self._map
 
-    def add_pack(self, pack: PackId, entries: Iterable[PackEntry]) -> None:
-        """Record every blob of a pack (a blob already known keeps its first location)."""
+    def add_pack(self, pack: PackId, entries: Iterable[PackEntry | IndexRow]) -> None:
+        """Record every blob of a pack (a blob already known keeps its first location).
+
+        ``entries`` are ``PackEntry``s or the same fields as plain tuples."""
         no = self._pack_no.get(pack)
         if no is None:
             no = len(self._packs)
@@ -50,28 +55,51 @@ class ChunkIndex:
             self._pack_no[pack] = no
         m = self._map
         base = no << 96
-        for e in entries:
-            if e.id not in m:
-                m[e.id] = (
-                    (e.type << 127) | base | (e.raw_length << 64) | (e.offset << 32) | e.length
-                )
+        rows = entries if isinstance(entries, list | tuple) else list(entries)
+        new = {  # reversed: of two equal ids in one pack, the first wins
+            bid: (t << 127) | base | (raw << 64) | (off << 32) | ln
+            for t, bid, off, ln, raw in reversed(rows)
+            if bid not in m
+        }
+        m.update(new)
 
     def get(self, blob: BlobId) -> Location | None:
         """The location of a blob, or None."""
         v = self._map.get(blob)
         if v is None:
             return None
-        return Location(
-            pack=self._packs[(v >> 96) & 0x7FFFFFFF],
-            type=v >> 127,
-            offset=(v >> 32) & _M32,
-            length=v & _M32,
-            raw_length=(v >> 64) & _M32,
+        return _loc(
+            (
+                self._packs[(v >> 96) & 0x7FFFFFFF],
+                v >> 127,
+                (v >> 32) & _M32,
+                v & _M32,
+                (v >> 64) & _M32,
+            )
         )
 
     def items(self) -> Iterator[tuple[BlobId, Location]]:
         """Every (blob id, location)."""
-        for k in list(self._map):
-            loc = self.get(BlobId(k))
-            assert loc is not None
-            yield BlobId(k), loc
+        packs = self._packs
+        for k, v in list(self._map.items()):
+            yield (
+                BlobId(k),
+                _loc(
+                    (
+                        packs[(v >> 96) & 0x7FFFFFFF],
+                        v >> 127,
+                        (v >> 32) & _M32,
+                        v & _M32,
+                        (v >> 64) & _M32,
+                    )
+                ),
+            )
+
+    def contains_fn(self) -> Callable[[bytes], bool]:
+        """A fast ``blob in index`` test (the bound ``__contains__`` of the live mapping)."""
+        return self._map.__contains__
+
+    def pack_ids(self) -> set[PackId]:
+        """Every pack that holds at least one indexed blob."""
+        packs = self._packs
+        return {packs[no] for no in {(v >> 96) & 0x7FFFFFFF for v in self._map.values()}}

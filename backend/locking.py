@@ -226,6 +226,8 @@ class RepositoryLock:
         self._lost_reason: str | None = None
         self._lost_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._etag: str | None = None
+        """On storage with ``replace_if`` (S3): the ETag of the lease we last wrote."""
         if refresh:
             self._thread = threading.Thread(
                 target=self._refresh_loop, name=f"snapdeck-lock-{info.name[:8]}", daemon=True
@@ -294,13 +296,29 @@ class RepositoryLock:
         with self._mutex:
             if self._released:
                 return
-            if not self._storage.exists(KIND, self._info.name):
-                self._lose("its lock object was removed by someone else")
-                raise StoreLocked(f"lost the repository lock ({self._lost_reason})")
             renewed = replace(self._info, expires=self._clock.now() + self._lease)
-            self._storage.put(KIND, renewed.name, renewed.to_json(), overwrite=True)
+            if hasattr(self._storage, "replace_if"):
+                self._refresh_cas(renewed)
+            else:
+                if not self._storage.exists(KIND, self._info.name):
+                    self._lose("its lock object was removed by someone else")
+                    raise StoreLocked(f"lost the repository lock ({self._lost_reason})")
+                self._storage.put(KIND, renewed.name, renewed.to_json(), overwrite=True)
             self._info = renewed
         logger.debug("renewed lock %s until %s", renewed.name, renewed.expires.isoformat())
+
+    def _refresh_cas(self, renewed: LockInfo) -> None:
+        """Renew with compare-and-swap on the ETag (object storage, issue 7): the lease is
+        rewritten only if it is still the object we last wrote, so a lock broken (or
+        replaced) between two renewals is never brought back to life."""
+        storage: Any = self._storage
+        try:
+            if self._etag is None:
+                self._etag = storage.etag(KIND, self._info.name)
+            self._etag = storage.replace_if(KIND, renewed.name, renewed.to_json(), self._etag)
+        except (ObjectNotFound, ObjectExists):
+            self._lose("its lock object was removed by someone else")
+            raise StoreLocked(f"lost the repository lock ({self._lost_reason})") from None
 
     def _refresh_loop(self) -> None:
         interval = self._lease_s / 3

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -221,3 +223,50 @@ class Meta:
         """Drop a removed snapshot's note and access record."""
         self._delete(NOTES + snapshot)
         self._delete(ACCESS + snapshot)
+
+    # ------------------------------------------------------------ bulk (issue 4)
+
+    def forget_many(self, snapshots: Iterable[str]) -> int:
+        """Drop the notes and access records of many removed snapshots: one listing, then
+        only the objects that exist, deleted in parallel. Returns how many were deleted."""
+        wanted = set(snapshots)
+        names = [
+            i.name
+            for i in self.storage.list("refs")
+            if (i.name.startswith(NOTES) and i.name[len(NOTES) :] in wanted)
+            or (i.name.startswith(ACCESS) and i.name[len(ACCESS) :] in wanted)
+        ]
+        delete_objects(self.storage, "refs", names)
+        return len(names)
+
+
+DELETE_THREADS = 8
+"""Parallel deletes (each local delete waits for a directory fsync)."""
+
+
+def delete_objects(
+    storage: ObjectStorage,
+    kind: str,
+    names: Sequence[str],
+    done: Callable[[int], None] | None = None,
+) -> None:
+    """Delete objects in parallel; returns only when every delete finished, and raises the
+    first failure (the others still ran)."""
+    if not names:
+        return
+    if len(names) == 1:
+        storage.delete(kind, names[0])
+        if done is not None:
+            done(1)
+        return
+    with ThreadPoolExecutor(min(DELETE_THREADS, len(names))) as pool:
+        futures = [pool.submit(storage.delete, kind, n) for n in names]
+        first: BaseException | None = None
+        for f in futures:
+            exc = f.exception()
+            if exc is not None:
+                first = first or exc
+            elif done is not None:
+                done(1)
+        if first is not None:
+            raise first

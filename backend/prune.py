@@ -26,27 +26,27 @@ the design):
 An interruption at any point leaves a valid repository: before (2) the new packs are
 unreferenced orphans; between (2) and (3) two segments name a blob and both locations exist;
 between (3) and (4) the dropped packs are orphans. A re-run finds the orphans and converges.
-Memory: the mark set (one dict entry per live blob), one entry per pack, the live entries of
-the packs being repacked, and at most two packs in flight.
+Memory: the mark set (one dict entry per live blob; the mark phase streams trees in batches and
+keeps no edges, see ``usage.mark_live``), one entry per pack, the live entries of the packs
+being repacked, and at most two packs in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.errors import IntegrityError, ObjectExists, UsageError
 from backend.format import BLOB_DATA, BLOB_TREE, PackEntry
 from backend.ids import BlobId, PackId, object_name
+from backend.meta import delete_objects
 from backend.model import Snapshot
 from backend.packs import FinishedPack
 from backend.progress import NullProgress, Progress, check_cancel
 from backend.repository import Repository
-from backend.storage.base import ObjectStorage
-from backend.usage import UsageGraph
+from backend.usage import UsageGraph, mark_live
 
 __all__ = [
     "DEFAULT_MAX_REPACK_RATIO",
@@ -63,7 +63,6 @@ DEFAULT_MAX_REPACK_RATIO = 0.8
 """Repack a pack when less than this share of its stored bytes is live."""
 SMALL_PACK = 1024 * 1024
 """Packs below this size are consolidated when there are two or more of a blob type."""
-DELETE_THREADS = 8
 SEGMENT_ENTRIES = 200_000
 """At most this many blob entries per index segment that prune writes."""
 
@@ -156,22 +155,7 @@ def _storage_bytes(repo: Repository, kinds: tuple[str, ...] = ("data", "index"))
     return sum(i.size for k in kinds for i in repo.storage.list(k))
 
 
-def _delete_all(
-    storage: ObjectStorage,
-    kind: str,
-    names: Sequence[str],
-    done: Callable[[int], None] | None = None,
-) -> None:
-    """Delete objects in parallel (each local delete waits for a directory fsync); returns
-    only when every delete finished, and raises the first failure."""
-    if not names:
-        return
-    with ThreadPoolExecutor(DELETE_THREADS) as pool:
-        futures = [pool.submit(storage.delete, kind, n) for n in names]
-        for f in futures:
-            f.result()
-            if done is not None:
-                done(1)
+_delete_all = delete_objects  # parallel deletes (see meta.delete_objects)
 
 
 def plan_prune(
@@ -201,22 +185,12 @@ def plan_prune(
     if not 0.0 <= max_repack_ratio <= 1.0:
         raise UsageError(f"--max-repack-ratio must be between 0 and 1, not {max_repack_ratio}")
     prog = progress or NullProgress()
-    g = graph or UsageGraph.build(repo, snapshots, progress=prog, cancel=cancel)
-    if g.missing:
-        raise IntegrityError(
-            f"{len(g.missing)} blobs used by snapshots are not in the index (e.g. "
-            f"{next(iter(g.missing)).hex()[:12]}); prune refuses to delete anything; "
-            "run 'snapdeck check'"
-        )
-    # blob -> pack number holding its kept copy (-1: not placed yet). A graph built here is
-    # turned into that map in place, so the mark set exists once in memory.
+    # blob -> pack number holding its kept copy (-1: not placed yet; a blob the index does
+    # not know stays unplaced, and prune refuses below)
     if graph is None:
-        placed = g.refs
-        for k in placed:
-            placed[k] = -1
-        del g
+        placed = mark_live(repo, snapshots, progress=prog, cancel=cancel)
     else:
-        placed = dict.fromkeys(g.refs, -1)
+        placed = dict.fromkeys(graph.live_ids(), -1)
     live_blobs = len(placed)
 
     in_storage = {i.name: i.size for i in repo.storage.list("data")}

@@ -253,7 +253,7 @@ class Repository:
     def _load_index(self) -> ChunkIndex:
         idx = ChunkIndex()
         for info in self.storage.list("index"):
-            for pack_id, entries in self._read_index_segment(info.name):
+            for pack_id, entries in self._read_index_rows(info.name):
                 idx.add_pack(pack_id, entries)
             self._loaded_segments.add(info.name)
         return idx
@@ -267,7 +267,7 @@ class Repository:
             return 0
         new = [i.name for i in self.storage.list("index") if i.name not in self._loaded_segments]
         for name in new:
-            entries = self._read_index_segment(name)
+            entries = self._read_index_rows(name)
             with self._lock:
                 for pack_id, es in entries:
                     self._index.add_pack(pack_id, es)
@@ -279,6 +279,14 @@ class Repository:
         if object_name(data) != name:
             raise IntegrityError(f"index segment {name[:12]} does not match its name")
         return self.decode_index_segment(data)
+
+    def _read_index_rows(self, name: str) -> list[tuple[PackId, list[fmt.IndexRow]]]:
+        data = self.storage.get("index", name)
+        if object_name(data) != name:
+            raise IntegrityError(f"index segment {name[:12]} does not match its name")
+        return list(
+            fmt.decode_index_rows(data, self._open_index if self.crypto is not None else None)
+        )
 
     def read_index_segment(self, name: str) -> list[tuple[PackId, list[PackEntry]]]:
         """One stored index segment, checked against its name (and opened when sealed)."""
@@ -457,6 +465,11 @@ class Repository:
         tree = fmt.decode_tree(self.read_blob(tree_id))
         self._cache_tree(tree_id, tree)
         return tree
+
+    def cached_tree(self, tree_id: BlobId) -> Tree | None:
+        """A tree if it is in the cache (no I/O), else None."""
+        with self._lock:
+            return self._tree_cache.get(tree_id)
 
     def _cache_tree(self, tree_id: BlobId, tree: Tree) -> None:
         # Bounded by entries, not trees: one huge directory must not pin memory.

@@ -35,14 +35,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import pathspec
 
 from backend.chunking import chunk_fd
 from backend.clock import Clock, SystemClock
-from backend.errors import SourceError
-from backend.format import BLOB_DATA, encode_tree
+from backend.errors import IntegrityError, SourceError
+from backend.format import BLOB_DATA, decode_tree_rows, encode_tree, entry_from_row
 from backend.ids import BlobId
 from backend.model import Entry, EntryKind, Problem, Snapshot, SnapshotResult, SnapshotStats, Tree
 from backend.progress import NullProgress, Progress, check_cancel
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 MAX_INFLIGHT = 4096
+MAX_PREFETCH = 128
+"""Directory listings (lstat results included) read ahead at most: ~100 KiB each for a
+directory of 100 files, so this bounds their memory; 4 scan threads need far fewer queued."""
 BIG_FILE = 4 * 1024 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
@@ -97,6 +100,15 @@ class CheckpointResult:
     """Wall time of the whole checkpoint (scan, store, decide, save, move HEAD)."""
 
 
+class _DoneStat(NamedTuple):
+    """What the resume journal records of a file's stat."""
+
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+
+
 @dataclass(slots=True)
 class _FileOut:
     content: tuple[BlobId, ...] = ()
@@ -137,7 +149,8 @@ class _Slot:
 @dataclass(slots=True)
 class _DirNode:
     rel: bytes
-    items: list[Entry | _Slot] = field(default_factory=list)
+    items: list[Entry | _Slot | list[Any]] = field(default_factory=list)
+    """Entries, pending slots, and parent rows (``_same_file``) that become entries."""
     tree_id: BlobId | None = None
     parent_id: BlobId | None = None
     unchanged: bool = False
@@ -211,6 +224,18 @@ class TreeSink:
         t = self._trees.get(tree_id)
         return t if t is not None else self.repo.load_tree(tree_id)
 
+    def load_tree_rows(self, tree_id: BlobId, data: bytes | None = None) -> list[list[Any]] | None:
+        """A stored tree's raw rows (see ``format.decode_tree_rows``), each checked to be a
+        12-field list; None when the tree is already decoded in memory (use ``load_tree``).
+        ``data``: the tree blob's verified plaintext, when already read (prefetched)."""
+        if tree_id in self._trees or self.repo.cached_tree(tree_id) is not None:
+            return None
+        rows = decode_tree_rows(data if data is not None else self.repo.read_blob(tree_id))
+        for r in rows:
+            if type(r) is not list or len(r) != 12:
+                raise IntegrityError("tree entry is malformed")
+        return rows
+
 
 def _entry_from_stat(
     name: bytes,
@@ -277,8 +302,41 @@ def _scan_dir_dirty(
     return out
 
 
-def _item_name(item: Entry | _Slot) -> bytes:
+def _item_name(item: Entry | _Slot | list[Any]) -> bytes:
+    if isinstance(item, list):
+        name: bytes = item[0]
+        return name
     return item.name if isinstance(item, Entry) else item.base.name
+
+
+def _dir_row_ok(row: list[Any]) -> bool:
+    """Whether a parent row is a directory whose every field ``entry_from_row`` checks is
+    well-formed (its name is the listing's): then it may be reused without building an Entry."""
+    extra = row[11]
+    sub = row[7]
+    return (
+        row[1] == "d"
+        and type(sub) is bytes
+        and len(sub) == 32
+        and type(row[2]) is int
+        and type(row[3]) is int
+        and type(row[4]) is int
+        and type(row[5]) is int
+        and type(row[6]) is int
+        and type(row[8]) is int
+        and type(row[9]) is int
+        and type(row[10]) is int
+        and (extra is None or type(extra) is dict)
+    )
+
+
+def _row_entry(row: list[Any]) -> Entry | None:
+    """A parent row as an Entry; None (treated as absent from the parent) when malformed."""
+    try:
+        return entry_from_row(row)
+    except IntegrityError as exc:
+        log.warning("malformed entry in the parent tree, reading it again: %s", exc)
+        return None
 
 
 def _kind_of(mode: int) -> EntryKind | None:
@@ -364,9 +422,15 @@ class SnapshotRun:
         self._totals: dict[bytes, tuple[int, int]] = {}
         self.resume = resume or {}
         self.journal = journal
-        self._done: list[tuple[bytes, os.stat_result, tuple[BlobId, ...]]] = []
+        self._done: list[tuple[bytes, _DoneStat, tuple[BlobId, ...]]] = []
+        """Files completed since the last ``save_resume`` (a compact stat: a W4-sized run
+        holds up to ~100k of them between saves)."""
         self._futs: list[Future[Any]] = []
         self._next_save = time.monotonic() + RESUME_EVERY_S
+        self._tree_pre: dict[bytes, Future[bytes]] = {}
+        """Parent subtrees being read ahead on the scan pool (full scans)."""
+        self._indexed: Callable[[bytes], bool] | None = None
+        """``blob in index`` without the property and method calls (``_same_file``)."""
 
     # -------------------------------------------------------------- files (worker threads)
 
@@ -404,7 +468,10 @@ class SnapshotRun:
             out.st = after
             if stable:
                 if self.journal is not None:
-                    self._done.append((path, after, content))  # list.append is atomic
+                    done = _DoneStat(
+                        after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino
+                    )
+                    self._done.append((path, done, content))  # list.append is atomic
                 return out
             log.info("changed while read (attempt %d): %r", attempt + 1, path)
             st = after
@@ -435,8 +502,8 @@ class SnapshotRun:
             read += len(chunk)
             if self.repo.has_blob(bid) and not self.sink.dry_run:
                 continue
-            data = bytes(chunk)
-            futs.append((self.cpool.submit(self.sink.put_blob, BLOB_DATA, bid, data), len(data)))
+            # chunk_fd never reuses a window's buffer: the view stays valid, no copy needed.
+            futs.append((self.cpool.submit(self.sink.put_blob, BLOB_DATA, bid, chunk), len(chunk)))
             while len(futs) >= limit:
                 f, n = futs.popleft()
                 res = f.result()
@@ -486,7 +553,8 @@ class SnapshotRun:
             return
         done, self._done = self._done, []
         self.repo.flush()
-        self.journal.append(done)
+        # _DoneStat has the four stat fields the journal reads (size, mtime, ctime, inode).
+        self.journal.append(cast(list[tuple[bytes, os.stat_result, tuple[BlobId, ...]]], done))
         self._next_save = time.monotonic() + RESUME_EVERY_S
 
     def _resumed(self, full: bytes, st: os.stat_result) -> tuple[BlobId, ...] | None:
@@ -544,9 +612,23 @@ class SnapshotRun:
         check_cancel(self.cancel)
         node = _DirNode(rel, parent_id=parent_id)
         pmap: dict[bytes, Entry] = {}
+        rmap: dict[bytes, list[Any]] | None = None
+        """Full scan: the parent's raw rows by name. Files are compared against them without
+        building an ``Entry``; an unchanged directory never builds one (see ``_same_file``)."""
+        nrows = 0
+        pre = self._tree_pre.pop(parent_id, None) if parent_id is not None else None
         if parent_id is not None:
             try:
-                pmap = {e.name: e for e in self.sink.load_tree(parent_id).entries}
+                rows = (
+                    self.sink.load_tree_rows(parent_id, pre.result() if pre is not None else None)
+                    if dirty is None
+                    else None
+                )
+                if rows is not None:
+                    rmap = {r[0]: r for r in rows}
+                    nrows = len(rows)
+                else:
+                    pmap = {e.name: e for e in self.sink.load_tree(parent_id).entries}
             except Exception as exc:  # a damaged parent only costs re-reading
                 log.warning(
                     "parent tree of %s unreadable, reading it again: %s", _show(rel or b"."), exc
@@ -577,11 +659,18 @@ class SnapshotRun:
                 st_or_exc is not None
                 and not isinstance(st_or_exc, OSError)
                 and stat.S_ISDIR(st_or_exc.st_mode)
-                and len(self._scans) < 512
+                and len(self._scans) < MAX_PREFETCH
                 and (dirty is None or not isinstance(dirty.get(name), dict))
             ):
                 sub = path + sep + name
                 self._scans[sub] = self.scan_pool.submit(_scan_dir, sub)
+                # ... and the parent snapshot's tree of it (read, decompress, verify: the GIL
+                # is released), so the walk does not wait for tree blobs one by one.
+                row = rmap.get(name) if rmap is not None else None
+                if row is not None and _dir_row_ok(row) and len(self._tree_pre) < 512:
+                    tid = BlobId(row[7])
+                    if tid not in self._tree_pre and self.repo.cached_tree(tid) is None:
+                        self._tree_pre[tid] = self.scan_pool.submit(self.repo.read_blob, tid)
         unchanged = node.parent_id is not None
         matched = 0
         items = node.items
@@ -604,9 +693,25 @@ class SnapshotRun:
                 continue
             if self.spec is not None and self._excluded(crel, kind is EntryKind.DIR):
                 continue
-            prev = pmap.get(name)
-            if prev is not None:
-                matched += 1
+            row = None
+            if rmap is not None:
+                row = rmap.get(name)
+                if row is None:
+                    prev = None
+                else:
+                    matched += 1
+                    if kind is EntryKind.FILE and self._same_file(row, st):
+                        items.append(row)  # the parent's entry, as a raw row
+                        continue
+                    if kind is EntryKind.DIR and _dir_row_ok(row):
+                        prev = None  # reused as a row below
+                    else:
+                        prev = _row_entry(row)
+                        row = None
+            else:
+                prev = pmap.get(name)
+                if prev is not None:
+                    matched += 1
             if kind is EntryKind.FILE:
                 if not self._add_file(items, full, name, st, prev):
                     unchanged = False
@@ -615,7 +720,26 @@ class SnapshotRun:
             elif kind is EntryKind.DIR:
                 if (st.st_dev, st.st_ino) in self.opts.exclude_inodes:
                     continue
-                if self.opts.exclude_caches and _is_cache_dir(full):
+                if self.opts.exclude_caches and self._is_cache_dir(full):
+                    continue
+                if row is not None:  # full scan, a well-formed parent row (_dir_row_ok)
+                    child = self._walk(full, crel, BlobId(row[7]), None)
+                    self.c.dirs += 1
+                    if (
+                        row[9] == st.st_ctime_ns
+                        and row[8] == st.st_ino
+                        and row[5] == st.st_mtime_ns
+                    ):
+                        if child.unchanged:
+                            items.append(row)
+                            continue
+                        extra = row[11] or None
+                    else:
+                        extra = _xattrs(full)
+                    unchanged = False
+                    items.append(
+                        _Slot(_entry_from_stat(name, st, EntryKind.DIR, extra), node=child)
+                    )
                     continue
                 same_meta = (
                     prev is not None
@@ -659,7 +783,16 @@ class SnapshotRun:
                     payload = st.st_rdev
                 extra = _xattrs(full) if kind is not EntryKind.SYMLINK else None
                 items.append(_entry_from_stat(name, st, kind, extra, payload))
-        if matched != len(pmap):
+        if rmap is not None:
+            if matched != nrows:
+                unchanged = False
+                present = {_item_name(i) for i in items}
+                gone = {}
+                for name, row in rmap.items():
+                    if name not in present and (e := _row_entry(row)) is not None:
+                        gone[name] = e
+                self._count_removed(gone, present)
+        elif matched != len(pmap):
             unchanged = False
             self._count_removed(pmap, {_item_name(i) for i in items})
         if dirty is not None:
@@ -674,9 +807,60 @@ class SnapshotRun:
             self.save_resume()
         return node
 
+    def _same_file(self, row: list[Any], st: os.stat_result) -> bool:
+        """``_add_file`` for a parent row that matches (size, mtime, ctime, inode, mode, nlink,
+        every blob still indexed): count it as unmodified and return True, reading nothing.
+
+        Only fields compared or type-checked here are taken over, so the row becomes a valid
+        ``Entry`` later (``entry_from_row``); anything unusual returns False (the slow path).
+        """
+        content = row[7]
+        extra = row[11]
+        if not (
+            row[6] == st.st_size
+            and row[5] == st.st_mtime_ns
+            and row[9] == st.st_ctime_ns
+            and row[8] == st.st_ino
+            and row[1] == "f"
+            and row[2] == stat.S_IMODE(st.st_mode)
+            and row[10] == st.st_nlink
+            and type(content) is list
+            and type(row[3]) is int
+            and type(row[4]) is int
+            and (extra is None or type(extra) is dict)
+        ):
+            return False
+        if self._indexed is None:
+            self._indexed = self.repo.index.contains_fn()
+        indexed = self._indexed
+        for b in content:
+            # issue 6: a blob repair dropped from the index is read and stored again.
+            if type(b) is not bytes or len(b) != 32:
+                return False
+            if not indexed(b) and not self.repo.has_blob(BlobId(b)):
+                return False
+        c = self.c
+        c.total_files += 1
+        c.total_bytes += st.st_size
+        c.files_unmodified += 1
+        if st.st_nlink > 1:
+            self.hardlinks.setdefault((st.st_dev, st.st_ino), tuple(content))
+        self.progress.advance(1)
+        return True
+
+    def _is_cache_dir(self, path: bytes) -> bool:
+        """Whether a directory holds a valid CACHEDIR.TAG; the prefetched listing (if any)
+        answers "no" without opening a file."""
+        fut = self._scans.get(path)
+        if fut is not None:
+            listing = fut.result()
+            if isinstance(listing, OSError) or not any(n == b"CACHEDIR.TAG" for n, _st in listing):
+                return False
+        return _is_cache_dir(path)
+
     def _add_file(
         self,
-        items: list[Entry | _Slot],
+        items: list[Entry | _Slot | list[Any]],
         full: bytes,
         name: bytes,
         st: os.stat_result,
@@ -740,7 +924,7 @@ class SnapshotRun:
         if st.st_size >= BIG_FILE:
             slot.future = self.pool.submit(self._read_file, full, st)
             if self.journal is not None:
-                self._futs.append(slot.future)
+                self._track(slot.future)
         else:
             slot.index = len(self._batch)
             self._batch.append((full, st))
@@ -753,12 +937,20 @@ class SnapshotRun:
         items.append(slot)
         return False
 
+    def _track(self, fut: Future[Any]) -> None:
+        """Remember a reader future for ``run``'s tail (resume journaling). Finished ones are
+        dropped now and then: kept, they would hold every file's result (its stat and blob
+        ids) until the end of the run, ~1 KiB per file."""
+        self._futs.append(fut)
+        if len(self._futs) >= 1024:
+            self._futs = [f for f in self._futs if not f.done()]
+
     def _flush_batch(self) -> None:
         if not self._batch:
             return
         fut = self.pool.submit(self._read_batch, self._batch)
         if self.journal is not None:
-            self._futs.append(fut)
+            self._track(fut)
         for slot in self._batch_slots:
             slot.future = fut
         self._batch, self._batch_slots, self._batch_bytes = [], [], 0
@@ -808,30 +1000,49 @@ class SnapshotRun:
             if isinstance(item, Entry):
                 entries.append(item)
                 continue
+            if isinstance(item, list):  # a parent row checked by _same_file
+                entries.append(entry_from_row(item))
+                continue
             if item.node is not None:
                 assert item.node.tree_id is not None
                 entries.append(_replace_entry(item.base, payload=bytes(item.node.tree_id)))
                 continue
             out = item.result()
             self.inflight -= 1
-            rel = node.rel + b"/" + item.base.name if node.rel else item.base.name
-            if out.error is not None:
-                self.problems.append(Problem(_show(rel), out.error))
-                c.total_files -= 1
-                c.total_bytes -= item.base.size
-                continue
-            if out.unstable:
+            ent = item.base
+            if out.error is not None or out.unstable:
+                rel = node.rel + b"/" + ent.name if node.rel else ent.name
+                if out.error is not None:
+                    self.problems.append(Problem(_show(rel), out.error))
+                    c.total_files -= 1
+                    c.total_bytes -= ent.size
+                    continue
                 self.problems.append(Problem(_show(rel), "file changed while being read"))
             st = out.st
-            ent = item.base
-            if st is not None and (st.st_size != ent.size or st.st_mtime_ns != ent.mtime_ns):
-                c.total_bytes += st.st_size - ent.size
-                ent = _replace_entry(
-                    ent, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns
-                )
+            size, mtime_ns, ctime_ns = ent.size, ent.mtime_ns, ent.ctime_ns
+            if st is not None and (st.st_size != size or st.st_mtime_ns != mtime_ns):
+                c.total_bytes += st.st_size - size
+                size, mtime_ns, ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            extra = ent.extra
             if out.extra:
-                ent = _replace_entry(ent, extra={**(ent.extra or {}), **out.extra})
-            entries.append(_replace_entry(ent, content=out.content))
+                extra = {**(extra or {}), **out.extra}
+            entries.append(
+                Entry(
+                    ent.name,
+                    EntryKind.FILE,
+                    ent.mode,
+                    ent.uid,
+                    ent.gid,
+                    mtime_ns,
+                    size,
+                    out.content,
+                    None,
+                    ent.ino,
+                    ctime_ns,
+                    ent.nlink,
+                    extra,
+                )
+            )
             if item.is_new:
                 c.files_new += 1
             else:

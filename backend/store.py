@@ -15,7 +15,7 @@ import time  # issue 3
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta  # issue 3: timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,16 +33,24 @@ from backend.errors import (
     PathNotFound,
     SnapshotNotFound,
     StoreError,
+    StoreLocked,  # issue 3
     UsageError,
 )
-from backend.evict import EvictPlan, EvictResult, plan_evict  # issue 4
+from backend.evict import EvictPlan, EvictResult, plan_evict, usage_cache  # issue 4
 from backend.forget import ForgetPlan, plan_forget, plan_forget_ids  # issue 4
 from backend.format import BLOB_DATA, ChunkerParams
-from backend.history import remove_tracked  # issue 3
+from backend.history import (  # issue 3
+    MARKER_LEASE_S,
+    RestoreInProgress,
+    marker_doc,
+    marker_is_fresh,
+    remove_tracked,
+    restoring_name,
+)
 from backend.ids import BlobId
 from backend.keys import KdfParams, PasswordSource
 from backend.locking import RepositoryLock, acquire_lock, break_locks, list_locks
-from backend.meta import Head, Meta, Note, check_ref_name
+from backend.meta import Head, Meta, Note, check_ref_name, delete_objects  # issue 4: bulk
 from backend.model import (
     DiffResult,
     Entry,
@@ -178,6 +186,7 @@ class Store:
 
     def close(self) -> None:
         """Release the catalog and storage."""
+        self.release_held_lock()  # issue 3
         self.catalog.close()
         self.storage.close()
 
@@ -199,6 +208,8 @@ class Store:
 
     def lock(self, *, exclusive: bool, operation: str) -> RepositoryLock:
         """Take a repository lock (context manager)."""
+        if exclusive:
+            self.release_held_lock()  # issue 3: our own watch lease must not block us
         lk = acquire_lock(
             self.storage,
             exclusive=exclusive,
@@ -238,10 +249,20 @@ class Store:
         tags: Sequence[str] = (),
         host: str | None = None,
         refresh: bool = True,
+        cached: bool = False,
     ) -> list[Snapshot]:
-        """Snapshots, oldest first, filtered by source, host and tags (all must match)."""
-        snaps = self.catalog.sync(self.repo) if refresh or not self._synced else self.catalog.all()
-        self._synced = True
+        """Snapshots, oldest first, filtered by source, host and tags (all must match).
+
+        With ``cached``, only what the local catalog already has, without asking the
+        repository (instant, possibly stale; issue 5: the TUI paints this first, then syncs).
+        """
+        if cached:
+            snaps = self.catalog.all()
+        else:
+            snaps = (
+                self.catalog.sync(self.repo) if refresh or not self._synced else self.catalog.all()
+            )
+            self._synced = True
         notes = self.meta.notes()
         if notes:
             snaps = [_annotate(s, notes.get(s.id)) for s in snaps]
@@ -432,13 +453,8 @@ class Store:
         """Snapshot a directory (under a shared lock); its HEAD moves to the new snapshot."""
         src = os.path.abspath(path)
         opts = self._exclude_own_dirs(options or SnapshotOptions())  # issue 3: helper below
-        lk: RepositoryLock
-        with (
-            self._mutex,
-            self.lock(exclusive=False, operation="snapshot") as lk,
-            _lost_lock_is_fatal(lk),  # issue 6: a lost lock aborts with StoreLocked
-        ):
-            self._forget_missing_packs()  # issue 6: never dedup against a vanished pack
+        # issue 3+6: shared lock, a lost lock aborts (StoreLocked), vanished packs forgotten
+        with self._snapshot_lock("snapshot") as lk:
             par = self.head(src, opts.host or None) if parent == "auto" else parent
             assert not isinstance(par, str)
             result = create_snapshot(
@@ -464,14 +480,20 @@ class Store:
         records go too; a HEAD or ref pointing at one is left dangling and resolves to
         nothing, so callers keep protected snapshots (see ``protection``).
         """
-        removed = []
         with self._mutex, self.lock(exclusive=False, operation="forget"):
-            for sid in ids:
-                if not self.storage.exists("snapshots", sid):
-                    continue
-                self.storage.delete("snapshots", sid)
-                self.meta.forget(sid)
-                removed.append(sid)
+            return self._delete_snapshots(ids)  # issue 4: bulk
+
+    def _delete_snapshots(self, ids: Sequence[str]) -> list[str]:
+        """(issue 4) Delete snapshot objects, then their notes and access records, then their
+        catalog rows: one listing per kind, parallel deletes, one catalog transaction. The
+        caller holds a lock. A note outlives its snapshot if interrupted (harmless), never
+        the other way round (a pinned snapshot stays pinned)."""
+        present = {i.name for i in self.storage.list("snapshots")}
+        removed = [sid for sid in dict.fromkeys(ids) if sid in present]
+        try:
+            delete_objects(self.storage, "snapshots", removed)
+            self.meta.forget_many(removed)
+        finally:
             self.catalog.remove(removed)
         return removed
 
@@ -713,7 +735,13 @@ class Store:
         self, *, progress: Progress | None = None, cancel: threading.Event | None = None
     ) -> dict[str, SnapshotUsage]:
         """Every snapshot's exclusive size (stored bytes no other snapshot references)."""
-        graph = UsageGraph.build(self.repo, self.list_snapshots(), progress=progress, cancel=cancel)
+        graph = UsageGraph.build(
+            self.repo,
+            self.list_snapshots(),
+            cache=usage_cache(self),
+            progress=progress,
+            cancel=cancel,
+        )
         return snapshot_usage(graph)
 
     def plan_evict(
@@ -721,12 +749,19 @@ class Store:
         *,
         max_size: int | None,
         max_age: UnitsDuration | None,
+        exclude: Collection[str] = (),
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> EvictPlan:
-        """What eviction would remove to meet the limits, and the bytes each removal frees."""
+        """What eviction would remove to meet the limits, and the bytes each removal frees
+        (``exclude``: snapshots a forget already removes; see ``evict.plan_evict``)."""
         return plan_evict(
-            self, max_size=max_size, max_age=max_age, progress=progress, cancel=cancel
+            self,
+            max_size=max_size,
+            max_age=max_age,
+            exclude=exclude,
+            progress=progress,
+            cancel=cancel,
         )
 
     def evict(
@@ -744,15 +779,9 @@ class Store:
         """
         with self._mutex, self.lock(exclusive=True, operation="evict") as lk:
             protected = self.protection()
-            removed = []
-            for item in plan.remove:
-                sid = item.snapshot.id
-                if sid in protected or not self.storage.exists("snapshots", sid):
-                    continue
-                self.storage.delete("snapshots", sid)
-                self.meta.forget(sid)
-                removed.append(sid)
-            self.catalog.remove(removed)
+            removed = self._delete_snapshots(
+                [i.snapshot.id for i in plan.remove if i.snapshot.id not in protected]
+            )
             pruned = None
             if removed or plan.has_work:
                 pruned = self._prune_locked(lk, 1.0, progress, cancel)
@@ -821,6 +850,66 @@ class Store:
     # ------------------------------------------------------------ checkpoints, in-place restore,
     # resume (issue 3; the work is in backend/snapshots.py, history.py, resume.py, watch.py)
 
+    # A shared lock kept across checkpoints while watching (``checkpoint(keep_lock=True)``):
+    # no lock object written and deleted, no index listing per checkpoint. Released by
+    # ``release_held_lock`` (the watcher does it when idle) and before any exclusive lock.
+    _held_lock: RepositoryLock | None = None
+
+    @contextmanager
+    def _snapshot_lock(self, operation: str, *, keep: bool = False) -> Iterator[RepositoryLock]:
+        """The lock every snapshot writer (snapshot, checkpoint, guard) works under.
+
+        The mutex, then a shared lock (the held one if it is still ours, else a new one; with
+        ``keep`` a new one is kept afterwards); a lost lock aborts the operation with
+        ``StoreLocked`` (issue 6) and the held lock is dropped; index entries of packs that
+        vanished are forgotten once per process (issue 6).
+        """
+        with self._mutex:
+            lk = self._valid_held_lock()
+            fresh = lk is None
+            if lk is None:
+                lk = self.lock(exclusive=False, operation=operation)
+            try:
+                with _lost_lock_is_fatal(lk):
+                    self._forget_missing_packs()
+                    yield lk
+            except StoreLocked:
+                if lk is self._held_lock:
+                    self.release_held_lock()
+                raise
+            finally:
+                if fresh:
+                    if keep and not lk.lost and self._held_lock is None:
+                        self._held_lock = lk
+                    elif lk is not self._held_lock:
+                        lk.release()
+
+    def _valid_held_lock(self) -> RepositoryLock | None:
+        lk = self._held_lock
+        if lk is None:
+            return None
+        try:
+            lk.check()
+            if not self.storage.exists("locks", lk.name):  # broken by 'unlock --all'
+                raise StoreLocked("the held lock object was removed")
+        except StoreLocked as exc:
+            log.info("dropping the held repository lock: %s", exc)
+            self.release_held_lock()
+            return None
+        return lk
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether a shared lock is kept across checkpoints (see ``checkpoint``)."""
+        return self._held_lock is not None
+
+    def release_held_lock(self) -> None:
+        """Release the shared lock kept across checkpoints, if any (idempotent)."""
+        with self._mutex:
+            lk, self._held_lock = self._held_lock, None
+        if lk is not None:
+            lk.release()
+
     def _exclude_own_dirs(self, opts: SnapshotOptions) -> SnapshotOptions:
         """``opts`` with the repository, catalog and resume directories never entered."""
         excl = set(opts.exclude_inodes)
@@ -859,6 +948,7 @@ class Store:
         base: Snapshot | None = None,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        keep_lock: bool = False,
     ) -> CheckpointResult:
         """Snapshot ``path`` only if it really changed since its HEAD (watch mode).
 
@@ -870,16 +960,24 @@ class Store:
             base: the previous result's ``base``; used instead of HEAD when it is HEAD.
             progress: receives one ``advance`` per file examined.
             cancel: set to abandon the checkpoint (nothing is saved, HEAD stays).
+            keep_lock: keep the shared lock afterwards for the next checkpoint (a watcher
+                calls ``release_held_lock`` when idle; an exclusive lock releases it too).
 
         "Really changed" means the new root tree differs from HEAD's and a diff finds a
         change (ctime and inode numbers alone do not count, nor a directory's mtime).
+
+        Raises:
+            RestoreInProgress: an in-place restore of the source is running (checked before
+                the scan and again before saving, so a half-restored tree is never saved).
         """
         started = time.monotonic()
         src = os.path.abspath(path)
         opts = self._exclude_own_dirs(options or SnapshotOptions())
-        journal = self.resume_journal(src, opts.host or None)
-        with self._mutex, self.lock(exclusive=False, operation="checkpoint"):
-            head = self.head(src, opts.host or None)
+        host = opts.host or socket.gethostname()
+        journal = self.resume_journal(src, host)
+        with self._snapshot_lock("checkpoint", keep=keep_lock) as lk:
+            self._hold_off_if_restoring(src, host)
+            head = self.head(src, host)
             par = base if base is not None and head is not None and base.id == head.id else head
             snap, problems = build_snapshot(
                 self.repo,
@@ -887,7 +985,7 @@ class Store:
                 parent=par,
                 options=opts,
                 progress=progress,
-                cancel=cancel,
+                cancel=lk.cancel_when_lost(cancel),
                 clock=self.clock,
                 dirty=dirty,
                 resume=journal,
@@ -899,7 +997,8 @@ class Store:
                 return CheckpointResult(
                     None, new_base, problems, round(time.monotonic() - started, 4)
                 )
-            saved = self.repo.save_snapshot(snap)
+            self._hold_off_if_restoring(src, host)  # it may have begun while we scanned
+            saved = self._save_locked(lk, snap)
             self.catalog.add(saved)
             self.set_head(saved)
             if journal is not None:
@@ -912,6 +1011,63 @@ class Store:
         load = self.repo.load_tree
         a, b = BlobId(bytes.fromhex(a_hex)), BlobId(bytes.fromhex(b_hex))
         return next(iter(diff_trees(load, a, load, b)), None) is not None
+
+    # In-place restores announce themselves with refs/restoring/<hash(host, source)> (a lease
+    # renewed while the restore runs, removed at its end), so a watcher in any process holds
+    # off checkpointing that source instead of saving a half-restored tree.
+
+    def restoring(self, source: str, host: str | None = None) -> dict[str, Any] | None:
+        """The restore marker of ``source`` while an in-place restore runs (else None)."""
+        host = host or socket.gethostname()
+        doc = self.meta._get(restoring_name(host, os.path.abspath(source), self.meta._name_key))
+        return doc if marker_is_fresh(doc, self.clock.now(), socket.gethostname()) else None
+
+    def _hold_off_if_restoring(self, src: str, host: str) -> None:
+        doc = self.restoring(src, host)
+        if doc is not None:
+            raise RestoreInProgress(
+                f"an in-place restore of {escape_path(src)} (pid {doc.get('pid')} on "
+                f"{doc.get('host')}) is running; checkpoints wait until it ends"
+            )
+
+    @contextmanager
+    def restore_marker(
+        self, source: str, snapshot: str = "", host: str | None = None
+    ) -> Iterator[None]:
+        """Announce an in-place restore of ``source`` while the block runs (lease renewed
+        every third of ``MARKER_LEASE_S`` by a thread; removed at the end)."""
+        host = host or socket.gethostname()
+        name = restoring_name(host, os.path.abspath(source), self.meta._name_key)
+        stop = threading.Event()
+
+        def put() -> None:
+            exp = self.clock.now() + timedelta(seconds=MARKER_LEASE_S)
+            self.meta._put(
+                name,
+                marker_doc(
+                    socket.gethostname(), os.path.abspath(source), snapshot, os.getpid(), exp
+                ),
+            )
+
+        def renew() -> None:
+            while not stop.wait(MARKER_LEASE_S / 3):
+                try:
+                    put()
+                except (StoreError, OSError) as exc:
+                    log.warning("cannot renew the restore marker: %s", exc)
+
+        put()
+        t = threading.Thread(target=renew, name="snapdeck-restore-marker", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            try:
+                self.meta._delete(name)
+            except (StoreError, OSError) as exc:  # it lapses by itself
+                log.warning("cannot remove the restore marker: %s", exc)
 
     def restore_in_place(
         self,
@@ -928,11 +1084,22 @@ class Store:
         tracked paths: the repository, caches and excluded files stay), then ``snap`` is
         written (unchanged files are left alone), then the source's HEAD moves to ``snap``:
         the next checkpoint's parent is ``snap``, so history branches. ``undo_restore`` goes
-        back to the guard.
+        back to the guard. Throughout, the source's restore marker tells watchers (in any
+        process) to hold off; they rescan when it is gone.
 
         Returns:
             The guard snapshot (None if the source did not exist) and the restore result.
         """
+        with self.restore_marker(snap.source, snap.id, snap.host):
+            return self._restore_in_place(snap, options, progress, cancel)
+
+    def _restore_in_place(
+        self,
+        snap: Snapshot,
+        options: SnapshotOptions | None,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> tuple[Snapshot | None, RestoreResult]:
         src = snap.source
         guard: Snapshot | None = None
         removed = 0
@@ -946,6 +1113,8 @@ class Store:
                     "host": snap.host,
                 }
             )
+            # The guard goes through create_snapshot: the same lock protections as any
+            # snapshot (lost lock aborts, vanished packs forgotten, save under the lock).
             guard = self.create_snapshot(
                 src, options=gopts, progress=progress, cancel=cancel
             ).snapshot

@@ -8,7 +8,9 @@ API (used by ``snapdeck watch`` and, in-process, by the TUI from a worker thread
                 options=SnapshotOptions(excludes=..., threads=...),
                 on_checkpoint=lambda ev: ...,   # WatchCheckpoint, after HEAD moved
                 on_state=lambda st: ...,        # WatchState, whenever it changes
-                on_error=lambda msg: ...)       # one line for people; watching goes on
+                on_error=lambda msg: ...,       # one line for people; watching goes on
+                evict=config.evict,             # [evict]: the sweeper, if sweep_in_watch
+                on_sweep=lambda res: ...)       # EvictResult of a sweep that removed some
     w.start()            # returns at once; a full checkpoint of each dir is taken first
     w.state              # WatchState: dirs, mode, pending, checkpoints, last_checkpoint, message
     w.pause(); w.resume(rescan=True)   # e.g. around an in-place restore
@@ -40,9 +42,21 @@ What breaks watchfiles, and what happens then:
 * The OS watch limit (inotify ``max_user_watches``): a clear message, and periodic full rescans
   every ``fallback_rescan_s`` instead of events.
 
-After each checkpoint, watch checkpoints of the directory are thinned with ``[watch.retention]``
-(restic's rules): only snapshots with trigger ``watch`` that are not tagged, pinned, ref'd or a
-HEAD are candidates; the rest are never touched. Data is reclaimed by ``prune``.
+Watch checkpoints of the directory are thinned with ``[watch.retention]`` (restic's rules)
+after the first checkpoint and then at most every ``THIN_EVERY_S`` (the policy's finest unit is
+an hour, so thinning after every checkpoint would only cost time): only snapshots with trigger
+``watch`` that are not tagged, pinned, ref'd or a HEAD are candidates; the rest are never
+touched. Data is reclaimed by ``prune``, or by the eviction sweeper: with ``[evict]
+sweep_in_watch`` the engine applies ``[evict]`` every ``sweep_interval_s``, between checkpoints.
+
+Cost of a checkpoint. The shared repository lock is kept from one checkpoint to the next while
+changes keep coming (``Store.checkpoint(keep_lock=True)``; its lease is renewed by a thread)
+and released after ``LOCK_LINGER_S`` without a checkpoint, before a sweep, on pause and on
+stop, so a prune in another process waits at most that long after the last edit.
+
+In-place restores (``Store.restore_in_place``, in this or another process) write a restore
+marker for their source; while it is fresh the engine holds off checkpointing that directory
+(``RestoreInProgress``), then takes a full rescan.
 """
 
 from __future__ import annotations
@@ -59,9 +73,12 @@ from typing import Any
 
 import pathspec
 
-from backend.config import WatchConfig, default_cache_dir
+from backend.config import EvictConfig, WatchConfig, default_cache_dir
 from backend.errors import Cancelled, StoreError, StoreLocked
+from backend.evict import EvictResult, sweep
+from backend.history import RestoreInProgress
 from backend.model import Problem, Snapshot
+from backend.progress import Progress
 from backend.retention import Duration, RetentionPolicy, SnapshotRef, apply_policy
 from backend.snapshots import SnapshotOptions, escape_path
 from backend.store import Store
@@ -79,6 +96,12 @@ MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
 RETRY_WATCH_S = 300.0
 """After too many failures, how long until events are tried again."""
+LOCK_LINGER_S = 3.0
+"""Release the repository lock kept between checkpoints after this long without one."""
+THIN_EVERY_S = 60.0
+"""Thin watch checkpoints at most this often (and after the first checkpoint)."""
+RESTORE_POLL_S = 0.25
+"""While a restore marker holds a directory back, look again this often."""
 IGNORE_FILE = ".snapdeckignore"
 TEMP_PREFIXES = (b".snapdeck-tmp", b".tmp-")
 """snapdeck's own temp files (restore, local storage): their events never count."""
@@ -151,6 +174,9 @@ class _Dir:
     """Relative directories no event thread covers (non-UTF-8 names): rescanned."""
     partition: bool = False
     """Watch around directories holding non-UTF-8 names (after watchfiles failed on one)."""
+    held_until: float = -1e18
+    """An in-place restore of this directory runs: no checkpoint before this (then re-check)."""
+    last_thin: float | None = None
 
 
 def policy_from_config(cfg: WatchConfig) -> RetentionPolicy:
@@ -303,6 +329,11 @@ class Watcher:
         on_error: called with a one-line message when something goes wrong (watching goes on).
         watch_fn: the event source (``watchfiles.watch``; tests may wrap it).
         clock: monotonic seconds.
+        evict: ``[evict]``; with ``sweep_in_watch`` the eviction sweeper runs every
+            ``sweep_interval_s`` between checkpoints.
+        on_sweep: called with the ``EvictResult`` of a sweep that removed something.
+        progress: receives the checkpoints' progress (one ``advance`` per file examined),
+            e.g. for a status bar during the startup full checkpoint of a big tree.
     """
 
     def __init__(
@@ -317,6 +348,9 @@ class Watcher:
         on_error: Callable[[str], None] | None = None,
         watch_fn: WatchFn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        evict: EvictConfig | None = None,
+        on_sweep: Callable[[EvictResult], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         if not dirs:
             raise ValueError("nothing to watch")
@@ -354,6 +388,13 @@ class Watcher:
         self._next_fallback = clock() + config.fallback_rescan_s
         self._paused = False
         self._watch_gen = 0
+        self.evict = evict if evict is not None and evict.sweep_in_watch else None
+        self.on_sweep = on_sweep
+        self.progress = progress
+        self._next_sweep = clock() + self.evict.sweep_interval_s if self.evict is not None else None
+        self._last_work = clock()
+        self.sweeps = 0
+        """Sweeps run (whether or not they removed anything)."""
         for d in self._dirs:
             self._load_ignores(d)
 
@@ -544,6 +585,10 @@ class Watcher:
             self._error(f"watching stopped: {type(exc).__name__}: {exc}")
             self._set_mode("stopped")
         finally:
+            try:
+                self.store.release_held_lock()
+            except Exception:  # releasing is best effort: the lease lapses by itself
+                log.exception("releasing the repository lock failed")
             with self._idle:
                 self._running = False
                 self._idle.notify_all()
@@ -569,19 +614,54 @@ class Watcher:
                 if self._due(d, now, quiet):
                     self._checkpoint(d)
                     now = self.clock()
+            if not self._stop.is_set():
+                self._housekeeping(now)
             self._notify_idle()
+
+    def _housekeeping(self, now: float) -> None:
+        """Between checkpoints: release the lock kept since the last one when idle, and run
+        the eviction sweeper when it is due."""
+        if self.store.holds_lock and (self._paused or now - self._last_work >= LOCK_LINGER_S):
+            self.store.release_held_lock()
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        assert self.evict is not None
+        self.store.release_held_lock()  # the sweep takes the exclusive lock
+        try:
+            res = sweep(self.store, self.evict, cancel=self._cancel)
+        except Cancelled:
+            return
+        except (StoreError, OSError) as exc:
+            self._error(f"eviction sweep failed: {exc}")
+            res = None
+        finally:
+            self.sweeps += 1
+            self._next_sweep = self.clock() + self.evict.sweep_interval_s
+            self._last_work = self.clock()
+        if res is not None and self.on_sweep is not None:
+            try:
+                self.on_sweep(res)
+            except Exception:
+                log.exception("on_sweep callback failed")
 
     def _timeout(self, quiet: float) -> float:
         now = self.clock()
         t = 0.5
         for d in self._dirs:
             if d.dirty or d.full:
+                if d.held_until > now:
+                    t = min(t, d.held_until - now)
+                    continue
                 t = min(t, max(0.0, d.last_event + quiet - now))
                 t = min(t, max(0.0, d.last_checkpoint + self.config.min_interval_s - now))
         return max(0.005, t)
 
     def _due(self, d: _Dir, now: float, quiet: float) -> bool:
         if not d.dirty and not d.full:
+            return False
+        if now < d.held_until:
             return False
         if now - d.last_checkpoint < self.config.min_interval_s:
             return False
@@ -705,9 +785,20 @@ class Watcher:
                 options=opts,
                 dirty=None if full else paths,
                 base=d.base,
+                progress=self.progress,
                 cancel=self._cancel,
+                keep_lock=True,
             )
         except Cancelled:
+            return
+        except RestoreInProgress as exc:
+            # A restore is rewriting the directory: wait for it to end, then scan everything.
+            d.dirty |= paths
+            d.full = True
+            now = self.clock()
+            if d.held_until < now - RESTORE_POLL_S:  # a new hold: say it once
+                log.info("holding off: %s", exc)
+            d.held_until = now + RESTORE_POLL_S
             return
         except StoreLocked as exc:
             # Someone holds the exclusive lock (prune): keep the changes, try again later.
@@ -721,15 +812,17 @@ class Watcher:
             d.last_checkpoint = self.clock()
             self._error(f"checkpoint of {escape_path(d.bpath)} failed: {exc}")
             return
-        d.last_checkpoint = self.clock()
+        d.last_checkpoint = self._last_work = self.clock()
         d.base = res.base
         if res.snapshot is None:
             return
         forgotten: list[str] = []
-        try:
-            forgotten = thin_watch_checkpoints(self.store, d.path, self.policy)
-        except (StoreError, OSError) as exc:
-            self._error(f"thinning watch checkpoints failed: {exc}")
+        if d.last_thin is None or d.last_checkpoint - d.last_thin >= THIN_EVERY_S:
+            d.last_thin = d.last_checkpoint
+            try:
+                forgotten = thin_watch_checkpoints(self.store, d.path, self.policy)
+            except (StoreError, OSError) as exc:
+                self._error(f"thinning watch checkpoints failed: {exc}")
         with self._lock:
             self._checkpoints += 1
             self._last = res.snapshot

@@ -16,8 +16,19 @@ Usage::
     python bench/crash.py --rounds 10 --files 500  # quicker
     python bench/crash.py --ops snapshot            # only snapshots
 
+Kill times: write phases are short (a few packs, an index segment, a snapshot object), so
+random delays rarely hit them. The killed process runs with ``SNAPDECK_TEST_SLOW_IO=<ms>``
+(a test-only hook in ``LocalStorage`` that sleeps in every put, with the temp file in place,
+and in every delete), and the harness watches the repository directory: once the operation
+has changed it (a temp file, a new object, a deletion), the kill comes after a random part of
+the write phase's length as measured on earlier runs. One round in ten is killed at a fully
+random moment instead (start-up, scanning, locking). When ``--ops`` has no ``snapshot``, each
+round first prepares work for the operation without killing (snapshots to forget or evict;
+for prune, a snapshot and a forget so there is garbage).
+
 Options: ``--rounds N``, ``--files N``, ``--seed N``, ``--ops snapshot,forget,prune,evict``,
-``--workdir DIR`` (default: a temp dir, removed unless ``--keep``), ``--json FILE``.
+``--slow-io MS`` (default 15; 0 turns the hook off), ``--workdir DIR`` (default: a temp dir,
+removed unless ``--keep``), ``--json FILE``.
 Exit status 1 if any round lost anything. ``tests/backend/test_crash.py`` runs a short version.
 """
 
@@ -60,8 +71,10 @@ class RoundResult:
     killed: bool
     delay_s: float
     mid_write: bool = False
-    """The kill landed after the operation had changed the repository (a pack, an index
-    segment, a snapshot, a deletion or a temp file), not during start-up."""
+    """The kill landed after the operation had started changing the repository (a pack, an
+    index segment, a snapshot, a ref, a deletion or a temp file), not during start-up."""
+    temp_in_flight: bool = False
+    """A temp file (an object being written) was in the repository at the kill."""
     check_ok: bool = True
     snapshots_verified: int = 0
     rerun_ok: bool = True
@@ -84,25 +97,23 @@ class Report:
 
     def table(self) -> str:
         lines = [
-            "| operation | rounds | killed | killed mid-write | survived "
-            "| snapshots restored byte-exact |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| operation | rounds | killed | killed mid-write | temp file in flight "
+            "| survived | snapshots restored byte-exact |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for op in OPS:
-            rs = [r for r in self.rounds if r.op == op]
-            if not rs:
-                continue
-            lines.append(
-                f"| {op} | {len(rs)} | {sum(r.killed for r in rs)} | "
-                f"{sum(r.mid_write for r in rs)} | "
+
+        def row(label: str, rs: list[RoundResult]) -> str:
+            return (
+                f"| {label} | {len(rs)} | {sum(r.killed for r in rs)} | "
+                f"{sum(r.mid_write for r in rs)} | {sum(r.temp_in_flight for r in rs)} | "
                 f"{sum(r.survived for r in rs)} | {sum(r.snapshots_verified for r in rs)} |"
             )
-        rs = self.rounds
-        lines.append(
-            f"| **all** | {len(rs)} | {sum(r.killed for r in rs)} | "
-            f"{sum(r.mid_write for r in rs)} | {sum(r.survived for r in rs)}"
-            f" | {sum(r.snapshots_verified for r in rs)} |"
-        )
+
+        for op in OPS:
+            rs = [r for r in self.rounds if r.op == op]
+            if rs:
+                lines.append(row(op, rs))
+        lines.append(row("**all**", self.rounds))
         return "\n".join(lines)
 
 
@@ -178,8 +189,24 @@ def manifest_of(root: Path) -> Manifest:
 # ---------------------------------------------------------------- the harness
 
 
+@dataclass
+class Launch:
+    """How one watched run of an operation went."""
+
+    killed: bool
+    seconds: float
+    write_started: bool
+    write_s: float
+    """From the first change in the repository to the exit (or kill)."""
+    temp_in_flight: bool
+    returncode: int
+    stderr: str
+
+
 class Harness:
-    def __init__(self, work: Path, files: int, seed: int, ops: Sequence[str]) -> None:
+    def __init__(
+        self, work: Path, files: int, seed: int, ops: Sequence[str], slow_io_ms: float = 15
+    ) -> None:
         self.work = work
         self.rng = random.Random(seed)
         self.repo = work / "repo"
@@ -193,6 +220,12 @@ class Harness:
             self.env[var] = str(work / "env" / sub)
         self.env.pop("SNAPDECK_REPO", None)
         self.env.pop("SNAPDECK_CONFIG", None)
+        self.slow_env = {**self.env}
+        if slow_io_ms > 0:
+            self.slow_env["SNAPDECK_TEST_SLOW_IO"] = str(slow_io_ms)
+        self.write_est: dict[str, float] = {}
+        """Per operation: the longest of its last three write phases (seconds)."""
+        self.write_recent: dict[str, list[float]] = {}
         self.src = Source(work / "src", files, self.rng)
         self.ops = list(ops)
         self.manifests: dict[str, Manifest] = {}
@@ -224,11 +257,88 @@ class Harness:
         return p.returncode, p.stderr.decode("utf-8", "replace").strip()
 
     def repo_files(self) -> frozenset[str]:
+        """Every object and temp file a write phase can touch (locks left out)."""
         out = set()
-        for kind in ("data", "index", "snapshots"):
-            for _dirpath, _dirs, names in os.walk(self.repo / kind):
-                out.update(names)
+        for kind in ("data", "index", "snapshots", "refs"):
+            for dirpath, _dirs, names in os.walk(self.repo / kind):
+                out.update(os.path.join(dirpath, n) for n in names)
         return frozenset(out)
+
+    def launch(
+        self, op: str, *, after_write: float | None = None, at: float | None = None
+    ) -> Launch:
+        """Run ``op`` (slow I/O on) while watching the repository; kill it ``after_write``
+        seconds after its first change to the repository, or ``at`` seconds after start."""
+        before = self.repo_files()
+        t0 = time.monotonic()
+        errf = open(self.work / "stderr.txt", "w+b")  # noqa: SIM115
+        proc = subprocess.Popen(
+            self.command(op), env=self.slow_env, stdout=subprocess.DEVNULL, stderr=errf
+        )
+        t_write: float | None = None
+        killed = in_flight = False
+        while proc.poll() is None:
+            now = time.monotonic()
+            if t_write is None and self.repo_files() != before:
+                t_write = now
+            deadline = (
+                t0 + at
+                if at is not None
+                else t_write + after_write
+                if after_write is not None and t_write is not None
+                else None
+            )
+            if deadline is not None and now >= deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed = True
+                in_flight = any(os.path.basename(f).startswith(".tmp-") for f in self.repo_files())
+                break
+            if now - t0 > 600:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{op} ran for over 10 minutes")
+            time.sleep(0.004 if t_write is None else 0.002)
+        end = time.monotonic()
+        if t_write is None and self.repo_files() != before:
+            t_write = end  # the change came in the last poll interval
+        write_s = end - t_write if t_write is not None else 0.0
+        errf.seek(0)
+        err = errf.read().decode("utf-8", "replace").strip()
+        errf.close()
+        if not killed and proc.returncode in (0, 3) and t_write is not None:
+            # Learn how long this operation's write phase lasts.
+            recent = self.write_recent.setdefault(op, [])
+            recent[:] = [*recent[-2:], write_s]
+            self.write_est[op] = max(recent)
+        return Launch(
+            killed, end - t0, t_write is not None, write_s, in_flight, proc.returncode, err
+        )
+
+    def take_snapshot(self) -> None:
+        """A snapshot that is not killed (preparing a round); its manifest is recorded."""
+        self.src.mutate()
+        man = self.src.manifest()
+        before = self.snapshot_ids()
+        code, err = self.run("snapshot")
+        if code != 0:
+            raise RuntimeError(f"snapshot failed: {err}")
+        for sid in self.snapshot_ids() - before:
+            self.manifests[sid] = man
+
+    def prepare(self, op: str) -> None:
+        """Give ``op`` something to do (when rounds of other operations do not)."""
+        if op == "forget":
+            while len(self.snapshot_ids()) < 5:
+                self.take_snapshot()
+        elif op == "evict":
+            while len(self.snapshot_ids()) < 3:
+                self.take_snapshot()
+        elif op == "prune":
+            self.take_snapshot()
+            code, err = self.run("forget")
+            if code != 0:
+                raise RuntimeError(f"forget failed: {err}")
 
     def snapshot_ids(self) -> set[str]:
         return {p.name for p in (self.repo / "snapshots").iterdir() if not p.name.startswith(".")}
@@ -253,34 +363,32 @@ class Harness:
             self.manifests[sid] = man
 
     def kill_round(self, i: int, op: str) -> RoundResult:
+        if "snapshot" not in self.ops:
+            self.prepare(op)
         if op == "snapshot":
             self.src.mutate()
         man = self.src.manifest()
         before = self.snapshot_ids()
-        est = self.durations.get(op, 2.0)
-        # Most kills land in the working phase, after the interpreter has started (start-up
-        # is measured once and the machine's load varies: never trust it beyond half a run).
-        lo = min(self.startup, est * 0.5) if self.rng.random() < 0.85 else 0.02
-        delay = self.rng.uniform(lo, max(lo + 0.05, est * 0.95))
-        files_before = self.repo_files()
-        proc = subprocess.Popen(
-            self.command(op), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            proc.wait(timeout=delay)
-            killed = False
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            killed = True
-        res = RoundResult(i, op, killed, round(delay, 3))
-        res.mid_write = killed and self.repo_files() != files_before
+        if op in self.write_est and self.rng.random() < 0.9:
+            # Inside the write phase: a random part of its length as seen on earlier runs.
+            after = self.rng.uniform(0.0, self.write_est[op])
+            run = self.launch(op, after_write=after)
+            delay = after
+        else:
+            # Anywhere (start-up, scan, locking) — and how we first learn the write phase.
+            est = self.durations.get(op, 2.0)
+            delay = self.rng.uniform(0.02, max(0.1, est))
+            run = self.launch(op, at=delay)
+        res = RoundResult(i, op, run.killed, round(delay, 3))
+        res.mid_write = run.killed and (run.write_started or run.temp_in_flight)
+        res.temp_in_flight = run.temp_in_flight
         if op == "snapshot":
             for sid in self.snapshot_ids() - before:
                 self.manifests[sid] = man  # written before the kill: it must be whole
         self.verify(res, before, may_remove=op in ("forget", "evict"))
-        # Re-run to completion.
-        code, err = self.run(op)
+        # Re-run to completion (watched, so it teaches how long the write phase is).
+        rerun = self.launch(op)
+        code, err = rerun.returncode, rerun.stderr
         if code not in (0, 3) or (code == 3 and op != "evict"):
             res.rerun_ok = False
             res.failures.append(f"re-run of {op} exited {code}: {err}")
@@ -353,6 +461,7 @@ def run(
     workdir: Path | None = None,
     keep: bool = False,
     log: bool = True,
+    slow_io_ms: float = 15,
 ) -> Report:
     """Run the harness; returns the report (``report.ok`` is False if anything was lost)."""
     work = Path(tempfile.mkdtemp(prefix="snapdeck-crash-")) if workdir is None else workdir
@@ -360,7 +469,7 @@ def run(
     started = time.monotonic()
     report = Report(files=files)
     try:
-        h = Harness(work, files, seed, ops)
+        h = Harness(work, files, seed, ops, slow_io_ms)
         h.init()
         for i in range(1, rounds + 1):
             op = h.choose_op(i)
@@ -389,6 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS)
     )
+    ap.add_argument(
+        "--slow-io",
+        type=float,
+        default=15,
+        metavar="MS",
+        help="SNAPDECK_TEST_SLOW_IO for killed runs (0: off)",
+    )
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the temp work dir")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -397,7 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [o for o in ops if o not in OPS]
     if bad:
         ap.error(f"unknown op(s) {bad}; choose from {', '.join(OPS)}")
-    rep = run(a.rounds, a.files, seed=a.seed, ops=ops, workdir=a.workdir, keep=a.keep)
+    rep = run(
+        a.rounds,
+        a.files,
+        seed=a.seed,
+        ops=ops,
+        workdir=a.workdir,
+        keep=a.keep,
+        slow_io_ms=a.slow_io,
+    )
     print()
     print(rep.table())
     print(

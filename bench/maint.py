@@ -21,7 +21,9 @@ Timed, each as a whole process (wall seconds, peak RSS of the process via ``os.w
 restic and snapdeck with the same policy:
 
     forget --dry-run   POLICY                    (snapdeck and restic)
-    evict --dry-run    --max-size 90% of size    (snapdeck; removes every evictable snapshot)
+    evict --dry-run    --max-size 90% of size --max-age none   (snapdeck; cold: no usage cache,
+                       every tree read; then warm: the cache the cold run left, as after any
+                       earlier stats / evict / TUI eviction screen)
     forget             POLICY  (untimed setup for prune, both)
     prune                                         (snapdeck and restic)
 
@@ -50,6 +52,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 if TYPE_CHECKING:
     from backend.store import Store
+
+USAGE_CACHE = "usage-graph.v1"  # backend.evict.USAGE_CACHE (not imported: keep RSS of parent)
 
 POLICY = ["--keep-last", "10", "--keep-hourly", "24", "--keep-daily", "7"]
 STEP = _dt.timedelta(minutes=10)
@@ -242,6 +246,7 @@ def build_history(args: argparse.Namespace) -> int:
     build["snapdeck_s"] += time.monotonic() - t
     restic_backup(t0)
     started = time.monotonic()
+    done = 0
     for i, path in enumerate(edits, 1):
         when = t0 + i * STEP
         clock._now = when
@@ -251,12 +256,16 @@ def build_history(args: argparse.Namespace) -> int:
         watch_checkpoint(store, stage, path, when)
         build["snapdeck_s"] += time.monotonic() - t
         restic_backup(when)
+        done = i
+        if restic is not None and build["restic_s"] > args.restic_budget:
+            log(f"  restic budget of {args.restic_budget:.0f} s spent: stopping at {i} checkpoints")
+            break
         if i % 50 == 0:
             el = time.monotonic() - started
             log(f"  {i}/{n} checkpoints, {el:.0f} s, eta {el / i * (n - i):.0f} s")
     store.close()
     log(f"built: snapdeck {build['snapdeck_s']:.1f} s, restic {build['restic_s']:.1f} s")
-    (w / "build.json").write_text(json.dumps(build))
+    (w / "build.json").write_text(json.dumps({**build, "checkpoints": done}))
     return 0
 
 
@@ -267,6 +276,13 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/snapdeck-maint-bench"))
     ap.add_argument("--no-restic", action="store_true")
     ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument(
+        "--restic-budget",
+        type=float,
+        default=float("inf"),
+        help="Seconds of restic backups at most: both histories stop at the checkpoint "
+        "where restic's build time ran out (the same history for both tools).",
+    )
     ap.add_argument("--keep", action="store_true", help="Keep the work directory.")
     ap.add_argument("--reuse", action="store_true", help="Measure an existing --keep'd history.")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
@@ -288,6 +304,7 @@ def main() -> int:
         argv = [sys.executable, __file__, "--build-only", *sys.argv[1:]]
         subprocess.run(argv, check=True)
     build = json.loads((w / "build.json").read_text())
+    n = int(build.pop("checkpoints", n))  # fewer when --restic-budget ran out
     if args.reuse:
         for d in (sd_repo, r_repo):  # measure a copy: prune changes the repository
             if (w / (d.name + ".orig")).exists():
@@ -316,10 +333,11 @@ def main() -> int:
     step("snapdeck forget --dry-run", [*sd, "forget", *repo_args, *POLICY, "--dry-run", "--json"])
     if restic:
         step("restic forget --dry-run", [restic, "forget", *POLICY, "--dry-run", "--json"])
-    step(
-        "snapdeck evict --dry-run",
-        [*sd, "evict", *repo_args, "--max-size", str(budget), "--dry-run", "--json"],
-    )
+    evict_argv = [*sd, "evict", *repo_args, "--max-size", str(budget), "--max-age", "none"]
+    for cache in (w / "xdg" / "cache" / "snapdeck").glob(f"*/{USAGE_CACHE}"):
+        cache.unlink()  # the first plan reads every tree, and leaves the usage cache
+    step("snapdeck evict --dry-run (cold)", [*evict_argv, "--dry-run", "--json"])
+    step("snapdeck evict --dry-run", [*evict_argv, "--dry-run", "--json"])
     step("snapdeck forget", [*sd, "forget", *repo_args, *POLICY, "--json"])
     if restic:
         step("restic forget", [restic, "forget", *POLICY, "--json"])
@@ -354,7 +372,12 @@ def main() -> int:
     pairs = [
         ("forget --dry-run", "snapdeck forget --dry-run", "restic forget --dry-run"),
         (
-            "evict --dry-run (vs restic forget --dry-run)",
+            "evict --dry-run, cold (vs restic forget --dry-run)",
+            "snapdeck evict --dry-run (cold)",
+            "restic forget --dry-run",
+        ),
+        (
+            "evict --dry-run, warm usage cache (vs restic forget --dry-run)",
             "snapdeck evict --dry-run",
             "restic forget --dry-run",
         ),

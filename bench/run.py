@@ -163,7 +163,13 @@ class Runner:
             XDG_DATA_HOME=str(xdg / "data"),
             XDG_CONFIG_HOME=str(xdg / "config"),
             XDG_STATE_HOME=str(xdg / "state"),
+            # Like any installed Python program (borg's Debian package ships its .pyc files),
+            # snapdeck runs from cached bytecode: without this an inherited
+            # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every step (~0.1 s CPU).
+            # The untimed `init` writes the cache; it lives outside the checkout.
+            PYTHONPYCACHEPREFIX=str(self.run / "pycache"),
         )
+        self.snapdeck_env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.tool_state_dirs = [self.run / "cache-restic", self.run / "borgbase", xdg]
 
     def wipe_tool_state(self) -> None:

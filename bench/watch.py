@@ -3,6 +3,7 @@
     python bench/watch.py                      # W4 (100k files), 50 edits, 100 ms quiet period
     python bench/watch.py --edits 20 --tree ~/.cache/snapdeck-corpus/w1_tree
     python bench/watch.py --memory 10000       # RSS over 10,000 in-process checkpoints
+    python bench/watch.py --memory 3000 --trace 2000,2500   # what grows, by line
 
 What it measures, on a private copy of the tree (the corpus itself is never modified):
 
@@ -13,8 +14,11 @@ What it measures, on a private copy of the tree (the corpus itself is never modi
   (end to end, includes the quiet period) and the checkpoint's own work (``checkpoint_s``:
   scan of the dirty path, store, compare, save, move HEAD). Reported as p50/p99.
 * A burst of 1,000 file creations: how many checkpoints it produced.
-* ``--memory N``: N checkpoints in-process (Store.checkpoint with one dirty path each), RSS
-  sampled every N/10: memory must stay flat.
+* ``--memory N``: N checkpoints in-process as the watcher takes them (one dirty path each,
+  lock kept, thinning once per simulated minute, the clock advancing ``--sim-interval-s``
+  per checkpoint so retention really thins); current RSS sampled, the slope over the second
+  half reported in MiB per 1,000 checkpoints. ``--prune-every K`` prunes as the eviction
+  sweeper would; ``--trace A,B`` adds a tracemalloc diff between checkpoints A and B.
 
 Goals: checkpoint p50 ≤ 0.02 × restic's no-change backup; end-to-end p99 ≤ 1 s.
 """
@@ -25,7 +29,6 @@ import argparse
 import json
 import os
 import queue
-import resource
 import shutil
 import signal
 import statistics
@@ -135,37 +138,120 @@ def watch_latency(tree: Path, work: Path, edits: int, quiet_ms: int) -> dict[str
     }
 
 
-def memory_run(n: int, work: Path) -> dict[str, object]:
+def _rss_mib() -> float:
+    """Current resident set size (not the peak), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of (checkpoint, MiB), in MiB per 1,000 checkpoints."""
+    if len(points) < 2:
+        return 0.0
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 1000 * sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
+def memory_run(
+    n: int,
+    work: Path,
+    *,
+    sim_interval_s: float,
+    max_minutes: float,
+    prune_every: int,
+    trace: tuple[int, int] | None,
+) -> dict[str, object]:
+    """N checkpoints in-process, as the watcher takes them: one dirty file each, the lock kept
+    between them, thinning at most once per simulated minute. The store's clock advances
+    ``sim_interval_s`` per checkpoint (the watch minimum interval), so the default retention
+    (everything within an hour, then hourly...) really thins; with a frozen clock every
+    checkpoint would be "within the last hour" and kept, and the catalog would grow by design.
+    """
     sys.path.insert(0, str(ROOT))
+    from datetime import UTC, datetime
+
+    from backend.clock import FixedClock
     from backend.config import WatchConfig
     from backend.snapshots import SnapshotOptions
     from backend.store import Store
-    from backend.watch import policy_from_config, thin_watch_checkpoints
+    from backend.watch import THIN_EVERY_S, policy_from_config, thin_watch_checkpoints
 
     src = work / "mem-src"
     src.mkdir()
     for i in range(200):
         (src / f"f{i}").write_text(str(i))
-    store = Store.init(work / "mem-repo", cache_dir=work / "mem-cache")
+    clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    store = Store.init(work / "mem-repo", cache_dir=work / "mem-cache", clock=clock)
     policy = policy_from_config(WatchConfig())
     opts = SnapshotOptions(trigger="watch")
-    base = store.checkpoint(src, options=opts).base
-    samples = []
+    base = store.checkpoint(src, options=opts, keep_lock=True).base
+    thin_every = max(1, round(THIN_EVERY_S / sim_interval_s))
+    samples: list[dict[str, float]] = []
+    every = max(1, min(250, n // 20))
+    deadline = time.monotonic() + max_minutes * 60
+    snaps: dict[int, object] = {}
     t = time.perf_counter()
+    done = 0
     for i in range(n):
+        if trace and i == max(0, trace[0] - 400):  # bounded caches turn over before A
+            import tracemalloc
+
+            tracemalloc.start(8)
+        clock.advance(sim_interval_s)
         (src / "f0").write_text(f"v{i}")
-        res = store.checkpoint(src, options=opts, dirty=[b"f0"], base=base)
+        res = store.checkpoint(src, options=opts, dirty=[b"f0"], base=base, keep_lock=True)
         base = res.base
-        if i % 50 == 0:
+        if i % thin_every == 0:
             thin_watch_checkpoints(store, str(src), policy)
-        if i % max(1, n // 10) == 0:
-            samples.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    return {
-        "checkpoints": n,
+        if prune_every and i and i % prune_every == 0:
+            store.prune()
+        if trace and i in trace:
+            import gc
+            import tracemalloc
+
+            gc.collect()
+            snaps[i] = tracemalloc.take_snapshot()
+        done = i + 1
+        if i % every == 0:
+            samples.append(
+                {
+                    "checkpoint": i,
+                    "rss_mib": round(_rss_mib(), 1),
+                    "index_blobs": len(store.repo.index),
+                    "catalog_snapshots": len(store.catalog.all()),
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
+        if time.monotonic() > deadline:
+            break
+    half = [(int(s["checkpoint"]), s["rss_mib"]) for s in samples if s["checkpoint"] >= done / 2]
+    out: dict[str, object] = {
+        "checkpoints": done,
+        "sim_interval_s": sim_interval_s,
+        "prune_every": prune_every,
         "seconds": round(time.perf_counter() - t, 1),
-        "max_rss_mib_samples": samples,
+        "samples": samples,
+        "rss_slope_mib_per_1000_second_half": round(_slope(half), 3),
         "snapshots_left": len(store.list_snapshots()),
     }
+    if trace and len(snaps) == 2:
+        import tracemalloc
+
+        a, b = (snaps[k] for k in trace)
+        diff = b.compare_to(a, "lineno")  # type: ignore[attr-defined]
+        out["tracemalloc_growth_per_checkpoint_bytes"] = round(
+            sum(d.size_diff for d in diff) / (trace[1] - trace[0])
+        )
+        out["tracemalloc_top"] = [
+            {"where": str(d.traceback), "bytes": d.size_diff, "count": d.count_diff}
+            for d in diff[:10]
+        ]
+        tracemalloc.stop()
+    store.close()
+    return out
 
 
 def main() -> None:
@@ -174,13 +260,34 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--quiet-ms", type=int, default=100)
     ap.add_argument("--memory", type=int, default=0, metavar="N")
+    ap.add_argument(
+        "--sim-interval-s",
+        type=float,
+        default=2.0,
+        help="(--memory) simulated seconds between checkpoints (the clock the retention sees)",
+    )
+    ap.add_argument("--max-minutes", type=float, default=15.0, help="(--memory) stop after this")
+    ap.add_argument(
+        "--prune-every", type=int, default=0, metavar="K", help="(--memory) prune every K"
+    )
+    ap.add_argument(
+        "--trace", default="", metavar="A,B", help="(--memory) tracemalloc diff between A and B"
+    )
     ap.add_argument("--no-restic", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="snapdeck-watch-bench-") as d:
         work = Path(d)
         out: dict[str, object] = {}
         if a.memory:
-            out["memory"] = memory_run(a.memory, work)
+            trace = tuple(int(x) for x in a.trace.split(",")) if a.trace else None
+            out["memory"] = memory_run(
+                a.memory,
+                work,
+                sim_interval_s=a.sim_interval_s,
+                max_minutes=a.max_minutes,
+                prune_every=a.prune_every,
+                trace=trace,  # type: ignore[arg-type]
+            )
         else:
             if not a.tree.is_dir():
                 raise SystemExit(f"{a.tree}: no corpus (run /work/shared/bench/make_corpus.sh)")

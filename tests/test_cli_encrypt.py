@@ -209,3 +209,31 @@ def test_password_prompt_on_a_terminal_does_not_echo(
     )
     assert code == 0 and b"repeat the new password" in seen and b"created encrypted" in seen, seen
     Store.open(tmp_path / "r2", password="typed twice").close()
+
+
+def test_unlock_needs_no_password_on_an_encrypted_repo(
+    tmp_path: Path, env: dict[str, str], repo: Path
+) -> None:
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from backend.locking import LockInfo
+
+    # A lock left by a crashed process (a dead pid on this host): plaintext JSON, like every lock.
+    now = datetime.now(UTC)
+    dead = LockInfo(
+        name="ab" * 16,
+        host=socket.gethostname(),
+        pid=2**22 + 12345,
+        exclusive=True,
+        created=now,
+        expires=now + timedelta(minutes=5),
+        operation="prune",
+    )
+    (repo / "locks" / dead.name).write_bytes(dead.to_json())
+    r = run(env, "unlock", "-r", repo, "--json")  # no password anywhere, no terminal
+    assert r.code == 0, r.err
+    assert r.json == {"removed": 1}
+    assert not list((repo / "locks").iterdir())
+    r = run(env, "unlock", "-r", tmp_path / "nothing-here")
+    assert_error(r, 10, "no snapdeck repository")

@@ -155,3 +155,37 @@ def test_restore_in_place_and_undo(env: dict[str, str], tmp_path: Path) -> None:
     text = run(env, "log", "--graph", "--source", src).text
     assert "|/" in text and "restore-guard" in text
     assert os.path.isdir(src)
+
+
+@pytest.mark.slow
+def test_watch_runs_the_eviction_sweeper(env: dict[str, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[evict]\nmax_size = "1KiB"\nmax_age = ""\nsweep_in_watch = true\nsweep_interval_s = 1\n'
+    )
+    env = env | {"SNAPDECK_CONFIG": str(cfg)}
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": "a"})
+    proc = subprocess.Popen(
+        [*(sys.executable, "-m", "tui", "watch", str(src), "--json"), *QUICK],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out = _lines(proc.stdout)  # type: ignore[arg-type]
+        docs = [json.loads(out.get(timeout=30))]
+        (src / "a.txt").write_text("changed")
+        while docs[-1]["trigger"] != "evict-sweep":
+            docs.append(json.loads(out.get(timeout=30)))
+        made = [d["id"] for d in docs if d["trigger"] == "watch"]
+        sweep = docs[-1]
+        assert len(made) == 2 and sweep["removed"] == made[:1]
+        assert isinstance(sweep["size_after"], int)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [s["id"] for s in run(env, "list", "--json").json] == made[1:]

@@ -96,10 +96,21 @@ def test_forget_refusals(tmp_path: Path, env: dict[str, str], args: list[str], n
 def test_evict_json_exit_codes_and_promise(tmp_path: Path, env: dict[str, str]) -> None:
     times = [T0 + timedelta(hours=i) for i in range(6)]
     repo, ids = make_repo(tmp_path, times, size=40_000)
-    assert_error(run(env, "evict", "-r", repo), 2, "--max-size")
+    none = ["--max-size", "none", "--max-age", "none"]
+    assert_error(run(env, "evict", "-r", repo, *none), 2, "--max-size")
     assert_error(run(env, "evict", "-r", repo, "--max-size", "lots"), 2, "lots")
+    # No options: the [evict] defaults, 1 GiB and 7 days (these snapshots are months old).
+    r = run(env, "evict", "-r", repo, "--dry-run", "--json")
+    assert r.code == 0, r.err
+    assert r.json["budget"] == 1024**3 and r.json["max_age"] == "7d"
+    assert [x["id"] for x in r.json["remove"]] == ids[:-1]
+    assert all("not accessed for 7d" in x["reason"] for x in r.json["remove"])
+    r = run(env, "evict", "-r", repo, "--max-age", "none", "--dry-run", "--json")
+    assert r.code == 0 and r.json["remove"] == [] and r.json["max_age"] is None
 
-    r = run(env, "evict", "-r", repo, "--max-size", "120K", "--dry-run", "--json")
+    r = run(
+        env, "evict", "-r", repo, "--max-age", "none", "--max-size", "120K", "--dry-run", "--json"
+    )
     assert r.code == 0, r.err
     plan = r.json
     assert set(plan) >= {"remove", "bytes_reclaimed", "size_before", "size_after", "budget"}
@@ -110,13 +121,13 @@ def test_evict_json_exit_codes_and_promise(tmp_path: Path, env: dict[str, str]) 
         assert x["exclusive_bytes"] > 40_000 and "over budget" in x["reason"]
     assert plan["remove"][-1]["cumulative_bytes"] == plan["bytes_reclaimed"]
 
-    r = run(env, "evict", "-r", repo, "--max-size", "120K", "--json")
+    r = run(env, "evict", "-r", repo, "--max-age", "none", "--max-size", "120K", "--json")
     assert r.code == 0, r.err
     assert r.json["removed"] == [x["id"] for x in plan["remove"]]
     assert abs(r.json["size_on_disk"] - plan["size_after"]) <= 0.01 * plan["size_after"]
 
     # Only the newest (HEAD) is left to protect: a budget of 1 byte cannot be met.
-    r = run(env, "evict", "-r", repo, "--max-size", "1", "--json")
+    r = run(env, "evict", "-r", repo, "--max-age", "none", "--max-size", "1", "--json")
     assert r.code == 3, r.err
     assert r.json["budget_met"] is False and "cannot be met" in r.err
     assert [s["id"] for s in run(env, "list", "-r", repo, "--json").json] == [ids[-1]]

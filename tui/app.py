@@ -11,6 +11,7 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import reactive
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, WorkerState
 
 from backend.clock import Clock, SystemClock
@@ -64,6 +65,8 @@ class SnapApp(App[None]):
         watch: watch ``dirs`` and take checkpoints when they change.
         state_file: where the remembered theme goes (default: the platform state file).
         user_theme_dir: user themes (default: ``~/.config/snapdeck/themes``).
+        preload: start listing snapshots at once, while Textual starts (the timeline takes
+            the result when it mounts).
     """
 
     CSS_PATH = "app.tcss"
@@ -73,7 +76,7 @@ class SnapApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="quit"),
         Binding("question_mark", "help", "Help", id="help"),
-        Binding("ctrl+t", "cycle_theme", "Theme", id="theme", show=False),
+        Binding("ctrl+t", "cycle_theme", "Next theme", id="theme", show=False),
         Binding("E", "eviction", "Eviction", id="eviction", show=False),
     ]
 
@@ -89,6 +92,7 @@ class SnapApp(App[None]):
         watch: bool = True,
         state_file: Path | None = None,
         user_theme_dir: Path | None = None,
+        preload: bool = True,
     ) -> None:
         self.config = config or Config()
         super().__init__()
@@ -116,6 +120,7 @@ class SnapApp(App[None]):
             wanted = theming.DEFAULT_THEME
         self.theme = wanted
         self.repo_label = _short_location(store.location)
+        self._first_listing: FirstListing | None = FirstListing(store) if preload else None
 
     # ------------------------------------------------------------ theming
 
@@ -178,6 +183,11 @@ class SnapApp(App[None]):
     def on_unmount(self) -> None:
         self.stop_watching()
 
+    def take_first_listing(self) -> FirstListing | None:
+        """The listing started with the app, once (later loads list afresh)."""
+        first, self._first_listing = self._first_listing, None
+        return first
+
     # ------------------------------------------------------------ errors
 
     def show_error(self, exc: BaseException) -> None:
@@ -212,6 +222,13 @@ class SnapApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))
 
+    def action_timeline(self) -> None:
+        """Back to the timeline (the screen at the bottom of the stack)."""
+        from tui.screens.timeline import TimelineScreen
+
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, TimelineScreen):
+            self.pop_screen()
+
     def open_browser(self, snap: Snapshot, path: str = "") -> None:
         """Push the browser on a snapshot."""
         from tui.screens.browser import BrowserScreen
@@ -238,8 +255,19 @@ class SnapApp(App[None]):
             return
         self.push_screen(screen)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self._offered(action, self.screen)
+
+    @staticmethod
+    def _offered(action: str, screen: Screen[Any]) -> bool:
+        """Whether an app action makes sense over ``screen`` (the footer and the palette)."""
+        # the eviction screen is already showing
+        return not (action == "eviction" and type(screen).__name__ == "EvictionScreen")
+
     def action_eviction(self) -> None:
-        """Push the eviction screen."""
+        """Push the eviction screen (unless it is the one showing)."""
+        if type(self.screen).__name__ == "EvictionScreen":
+            return
         try:
             from tui.screens.eviction import (  # type: ignore[import-not-found,unused-ignore]
                 EvictionScreen,
@@ -255,26 +283,51 @@ class SnapApp(App[None]):
     # ------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        seen: set[str] = {"quit", "command_palette", "help"}
+        """Every named action of the screen (its bindings with an id, the ones a keymap can
+        rebind: timeline, browser, history, diff, eviction...), the app's, then Textual's.
+
+        Unnamed navigation bindings (up, page down, tree moves) stay out of the palette."""
+        from tui.screens.timeline import TimelineScreen
+
+        titles: set[str] = set()
+        ids: set[str] = set()
+        found: list[tuple[Binding, str, Any]] = []
         for key, active in screen.active_bindings.items():
-            b = active.binding
-            if not b.description or b.action in seen or not active.enabled:
+            if active.enabled:
+                found.append(
+                    (active.binding, self.get_key_display(active.binding) or key, active.node)
+                )
+        # Bindings a focused widget shadows (the timeline's enter = browse under the list's
+        # enter = open) are still actions: the palette offers them too.
+        focused = screen.focused
+        nodes = list(focused.ancestors_with_self) if focused is not None else [screen, self]
+        keymap = dict(self.config.keymap)
+        for node in nodes:
+            if isinstance(screen, ModalScreen) and node is self:
+                continue  # a dialog does not run the app's actions
+            for b in getattr(type(node), "BINDINGS", []):
+                if isinstance(b, Binding) and b.id:
+                    found.append((b, keymap.get(b.id, b.key).split(",")[0], node))
+        for b, shown, node in found:
+            if not b.description or not b.id or b.id in ids or b.action == "command_palette":
                 continue
-            seen.add(b.action)
-            shown = self.get_key_display(b)
+            if node is self and not self._offered(b.action, screen):
+                continue
+            ids.add(b.id)
+            titles.add(b.description)
             yield SystemCommand(
                 b.description,
-                b.tooltip or f"{b.description} (key: {shown or key})",
-                partial(self._run_bound, b.action, active.node),
+                b.tooltip or f"{b.description} (key: {shown})",
+                partial(self._run_bound, b.action, node),
             )
-        yield SystemCommand("Help", "Show the key bindings (key: ?)", self.action_help)
-        yield SystemCommand(
-            "Next theme", "Cycle snapdeck themes (key: ctrl+t)", self.action_cycle_theme
-        )
-        yield SystemCommand(
-            "Eviction", "Repository usage and eviction (key: E)", self.action_eviction
-        )
+        if not isinstance(screen, TimelineScreen) and "Timeline" not in titles:
+            titles.add("Timeline")
+            yield SystemCommand(
+                "Timeline", "Back to the timeline (every snapshot)", self.action_timeline
+            )
+        for cmd in super().get_system_commands(screen):
+            if cmd.title not in titles:
+                yield cmd
 
     def _run_bound(self, action: str, node: Any) -> None:
         self.call_later(self.run_action, action, node)
@@ -323,6 +376,7 @@ class SnapApp(App[None]):
                 self.dirs,
                 self.config.watch,
                 options=self.snapshot_options("watch"),
+                evict=self.config.evict,
                 on_checkpoint=self._watcher_checkpoint_cb,
                 on_state=self._watcher_state_cb,
                 on_error=self._watcher_error_cb,
@@ -393,6 +447,31 @@ class SnapApp(App[None]):
             clock=self.clock,
             post=self.post_message,
         )
+
+
+Listing = tuple[list[Snapshot], dict[str, list[str]]]
+
+
+class FirstListing:
+    """The app's first listing, started in a thread as the app is built, so that reading the
+    repository overlaps Textual's start-up: first what the local catalog already has
+    (``cached``: instant, may be stale or empty), then the repository's truth (``synced``).
+    Each is snapshots (oldest first) and protection reasons."""
+
+    def __init__(self, store: Store) -> None:
+        self.cached: Future[Listing] = Future()
+        self.synced: Future[Listing] = Future()
+        threading.Thread(
+            target=self._run, args=(store,), name="snapdeck-first-listing", daemon=True
+        ).start()
+
+    def _run(self, store: Store) -> None:
+        for fut, cached in ((self.cached, True), (self.synced, False)):
+            try:
+                snaps = store.list_snapshots(cached=cached)
+                fut.set_result((snaps, store.protection()))
+            except BaseException as exc:  # handed to whoever takes the result
+                fut.set_exception(exc)
 
 
 def run_builtin_watcher(

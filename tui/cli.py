@@ -884,9 +884,23 @@ def stats() -> None:
     help="Remove every lock, not only stale ones (only when no snapdeck is running).",
 )
 def unlock(all_locks: bool) -> None:
-    """Remove stale locks left by crashed processes."""
+    """Remove stale locks left by crashed processes (no password needed: locks are plaintext)."""
     c = get_ctx()
-    n = c.store(create=False).unlock(all_locks=all_locks)
+    # issue 6: locks are plaintext even in an encrypted repository, so work on the storage
+    # directly: no password prompt, no catalog, no key derivation.
+    from backend.errors import RepositoryNotFound
+    from backend.locking import break_locks
+    from backend.storage import open_storage
+
+    storage = open_storage(c.repo_location(), s3=c.config.s3)
+    try:
+        if not storage.is_initialized():
+            raise RepositoryNotFound(
+                f"no snapdeck repository at {storage.location} (run 'snapdeck init' first)"
+            )
+        n = break_locks(storage, all=all_locks)
+    finally:
+        storage.close()
     if c.json:
         emit_json({"removed": n})
     else:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from backend.config import default_cache_dir
-from backend.copying import copy_snapshots
+from backend.copying import copy_notes, copy_snapshots
 from backend.errors import UsageError
 from backend.keys import as_password, configured_password, password_from_file
 from backend.store import Store
@@ -45,6 +45,12 @@ def _same_location(a: str, b: str) -> bool:
     default=None,
     help="Password of an encrypted source: first output line of this command.",
 )
+@click.option(
+    "--refs",
+    "with_refs",
+    is_flag=True,
+    help="Also copy named refs that point at a copied snapshot (never moves an existing one).",
+)
 @click.argument("snaps", nargs=-1)
 @common
 def copy(
@@ -52,14 +58,19 @@ def copy(
     to_repo: str | None,
     from_password_file: str | None,
     from_password_command: str | None,
+    with_refs: bool,
     snaps: tuple[str, ...],
 ) -> None:
     """Copy snapshots SNAPS (default: all) from --from-repo to --to-repo.
 
     Chunks are copied as they are (no re-chunking) and only when the destination lacks them.
     Repositories made by separate inits have different id keys: blobs are then re-identified
-    and trees rewritten, so copied snapshots get new ids. HEADs, refs, pins and tag edits are
-    not copied. A snapshot the destination already has (same time, host, source) is skipped.
+    and trees rewritten, so copied snapshots get new ids. A snapshot the destination already
+    has (same time, host, source) is skipped.
+
+    Pins and tag edits come along (a pin always; edited tags unless the destination edited
+    that snapshot's tags itself); with --refs, named refs pointing at a copied snapshot too,
+    unless the destination has a ref of that name pointing elsewhere. HEADs are not copied.
     """
     c = get_ctx()
     if to_repo:
@@ -92,6 +103,13 @@ def copy(
             progress_bar(c, "copy") as progress,
         ):
             result = copy_snapshots(src.repo, dst.repo, raw, progress=progress, cancel=c.cancel)
+            notes = copy_notes(
+                src.meta,
+                dst.meta,
+                {s.source_id: s.target_id for s in result.snapshots},
+                refs=with_refs,
+                now=dst.clock.now(),
+            )
         dst.list_snapshots()  # bring the destination's catalog up to date
     finally:
         src.close()
@@ -109,6 +127,10 @@ def copy(
             "blobs_present": result.blobs_present,
             "bytes_copied": result.bytes_copied,
             "bytes_stored": result.bytes_stored,
+            "pinned": list(notes.pins),
+            "tags_set": list(notes.tags),
+            "refs": list(notes.refs),
+            "ref_conflicts": notes.ref_conflicts,
         }
         emit_json(doc)
         return
@@ -122,3 +144,14 @@ def copy(
         f"stored), {result.blobs_present} already there"
         + ("; ids re-keyed for the destination" if result.reid else ""),
     )
+    if notes.pins or notes.tags or notes.refs:
+        info(
+            c,
+            f"notes: {len(notes.pins)} pinned, {len(notes.tags)} with edited tags"
+            + (f", refs {', '.join(notes.refs)}" if notes.refs else ""),
+        )
+    for name, there in sorted(notes.ref_conflicts.items()):
+        click.echo(
+            f"snapdeck: warning: ref {name!r} not copied: the destination's points at {there[:8]}",
+            err=True,
+        )

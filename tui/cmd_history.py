@@ -14,9 +14,11 @@ from typing import Any
 import click
 
 from backend.errors import UsageError
+from backend.evict import EvictResult
 from backend.history import log_graph, render_graph
 from backend.model import Snapshot
 from backend.snapshots import SnapshotOptions, escape_path
+from backend.units import format_size
 from backend.watch import WatchCheckpoint, Watcher, WatchState
 from tui.cli import (
     EXIT_PARTIAL,
@@ -52,7 +54,9 @@ def watch(dirs: tuple[str, ...], quiet_ms: int | None, min_interval_s: float | N
     """Watch each DIR and checkpoint it whenever it changes, until Ctrl-C or SIGTERM.
 
     A full checkpoint of each DIR is taken first. With --json, one line per checkpoint:
-    the `snapshot --json` object plus "trigger": "watch" and "paths_changed".
+    the `snapshot --json` object plus "trigger": "watch" and "paths_changed"; with [evict]
+    sweep_in_watch, one line per eviction sweep that removed something:
+    {"trigger": "evict-sweep", "removed": [ids], "size_after": bytes}.
     On Ctrl-C/SIGTERM the checkpoint in flight finishes (a second signal abandons it:
     nothing of it is saved) and the exit code is 0.
     """
@@ -87,6 +91,22 @@ def watch(dirs: tuple[str, ...], quiet_ms: int | None, min_interval_s: float | N
     def on_error(msg: str) -> None:
         click.echo(f"snapdeck: warning: {msg}", err=True)
 
+    def on_sweep(res: EvictResult) -> None:
+        if c.json:
+            emit_json(
+                {
+                    "trigger": "evict-sweep",
+                    "removed": list(res.removed),
+                    "size_after": res.size_after,
+                }
+            )
+        else:
+            info(
+                c,
+                f"eviction sweep: removed {len(res.removed)} snapshots, "
+                f"repository now {format_size(res.size_after)}",
+            )
+
     w = Watcher(
         store,
         list(dirs),
@@ -96,6 +116,8 @@ def watch(dirs: tuple[str, ...], quiet_ms: int | None, min_interval_s: float | N
         ),
         on_checkpoint=on_checkpoint,
         on_error=on_error,
+        evict=c.config.evict,
+        on_sweep=on_sweep,
     )
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -121,7 +121,7 @@ def key_info() -> None:
     """Show whether the repository is encrypted, its cipher and key derivation (no password
     needed: the config and key objects are readable)."""
     c = get_ctx()
-    storage = open_storage(c.repo_location())
+    storage = open_storage(c.repo_location(), s3=c.config.s3)
     try:
         try:
             cfg = fmt.decode_config(storage.get("config", "config"))

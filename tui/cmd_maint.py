@@ -9,7 +9,8 @@ are usage errors: one line, exit 2. ``evict`` exits 3 when the budget cannot be 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +23,8 @@ from backend.retention import RetentionPolicy
 from backend.snapshots import escape_path
 from backend.units import format_size, parse_duration, parse_size
 from tui.cli import EXIT_PARTIAL, Ctx, cli, common, emit_json, get_ctx, info, progress_bar
+
+T = TypeVar("T")
 
 _RATIO_HELP = (
     "Repack packs whose live share is below R (0 to 1; default "
@@ -289,6 +292,11 @@ def forget(
 # ------------------------------------------------------------------ evict
 
 
+def _unless_none(value: str, parse: Callable[[str], T]) -> T | None:
+    """An option's value parsed, or None for ``none`` (or empty): that limit is off."""
+    return None if value.strip().lower() in ("", "none") else parse(value)
+
+
 def _evict_text(c: Ctx, plan: EvictPlan, result: EvictResult | None) -> None:
     budget = format_size(plan.budget) if plan.budget is not None else "none"
     age = str(plan.max_age) if plan.max_age is not None else "none"
@@ -321,9 +329,16 @@ def _evict_text(c: Ctx, plan: EvictPlan, result: EvictResult | None) -> None:
 
 @cli.command()
 @common
-@click.option("--max-size", metavar="SIZE", help="Size budget, like 1GiB (default: [evict]).")
 @click.option(
-    "--max-age", metavar="DURATION", help="Evict what was not accessed for DURATION, like 7d."
+    "--max-size",
+    metavar="SIZE",
+    help="Size budget, like 1GiB; 'none': no budget (default: [evict] max_size, 1GiB).",
+)
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    help="Evict what was not accessed for DURATION, like 7d; 'none': no age limit "
+    "(default: [evict] max_age, 7d).",
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Show the plan; remove nothing.")
 def evict(max_size: str | None, max_age: str | None, dry_run: bool) -> None:
@@ -335,8 +350,8 @@ def evict(max_size: str | None, max_age: str | None, dry_run: bool) -> None:
     """
     c = get_ctx()
     cfg = c.config.evict
-    size = parse_size(max_size) if max_size is not None else cfg.max_size_bytes
-    age = parse_duration(max_age) if max_age is not None else cfg.max_age_duration
+    size = cfg.max_size_bytes if max_size is None else _unless_none(max_size, parse_size)
+    age = cfg.max_age_duration if max_age is None else _unless_none(max_age, parse_duration)
     if age is not None and age.is_zero():
         raise UsageError("--max-age must be greater than zero")
     store = c.store(create=False)

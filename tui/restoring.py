@@ -11,16 +11,23 @@ and the result says how many.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 
 import pathspec
 
-from backend.model import RestoreResult, Snapshot
+from backend.errors import UsageError
+from backend.model import EntryKind, RestoreResult, Snapshot
 from backend.snapshots import SnapshotOptions
 from backend.store import Store
+
+OVERWRITE = "if-changed"
+"""Files whose content already matches are left alone: the plan lists only real changes and
+undo has less to put back."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +42,15 @@ class RestorePlan:
     """Whether extras will be deleted (False when some are excluded from snapshots)."""
     kept_extras: int
     result: RestoreResult
+    flat: bool = False
+    """A single file placed directly in ``target`` (``target/<name>``), not ``target/<path>``."""
+
+    @property
+    def destination(self) -> str:
+        """Where the restored path ends up."""
+        if self.flat:
+            return os.path.join(self.target, posixpath.basename(self.path))
+        return os.path.join(self.target, self.path) if self.path else self.target
 
     def summary(self, limit: int = 40) -> str:
         """A few lines for a confirm dialog."""
@@ -44,7 +60,8 @@ class RestorePlan:
         what = self.path or "everything"
         lines = [
             f"snapshot {self.snapshot.short_id} · {what}",
-            f"into     {self.target}" + ("  (in place)" if self.in_place else ""),
+            (f"as       {self.destination}" if self.flat else f"into     {self.target}")
+            + ("  (in place)" if self.in_place else ""),
             "plan     "
             + (", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing to change"),
         ]
@@ -86,21 +103,29 @@ def plan_restore(
     path: str = "",
     target: str | None = None,
     excludes: tuple[str, ...] = (),
+    flat: bool = False,
 ) -> RestorePlan:
     """Dry-run a restore of ``path`` (default: all) of ``snap`` into ``target`` (default: its
-    source, in place)."""
+    source, in place). With ``flat`` (a single file, elsewhere), the file goes straight into
+    ``target`` under its own name instead of recreating its folders."""
+    if flat and target is not None and path:
+        return _plan_flat(store, snap, path, os.path.abspath(target))
     in_place = target is None or os.path.abspath(target) == snap.source
     dest = snap.source if target is None else os.path.abspath(target)
     includes = (path,) if path else ()
     delete = in_place and _is_dir(store, snap, path)
-    res = store.restore(snap, dest, includes=includes, dry_run=True, delete=delete)
+    res = store.restore(
+        snap, dest, includes=includes, dry_run=True, delete=delete, overwrite=OVERWRITE
+    )
     kept = 0
     if delete:
         unsafe = _unsafe_deletes(dest, [p for a, p in res.actions if a == "delete"], excludes)
         if unsafe:
             kept = len(unsafe)
             delete = False
-            res = store.restore(snap, dest, includes=includes, dry_run=True, delete=False)
+            res = store.restore(
+                snap, dest, includes=includes, dry_run=True, delete=False, overwrite=OVERWRITE
+            )
     return RestorePlan(
         snapshot=snap,
         target=dest,
@@ -110,6 +135,64 @@ def plan_restore(
         kept_extras=kept,
         result=res,
     )
+
+
+def _plan_flat(store: Store, snap: Snapshot, path: str, dest: str) -> RestorePlan:
+    e = store.entry(snap, path)
+    if e is None or e.kind is not EntryKind.FILE:
+        raise UsageError(
+            f"{path} is not a file in snapshot {snap.short_id}: restore it with its folders"
+        )
+    name = posixpath.basename(path)
+    full = os.path.join(dest, name)
+    if os.path.isdir(full) and not os.path.islink(full):
+        raise UsageError(f"{full} is a directory: choose another place for {name}")
+    actions: list[tuple[str, str]] = []
+    if not os.path.isdir(dest):
+        actions.append(("mkdir", dest))  # the directory itself (absolute: shown as such)
+    actions.append(("write", name))
+    res = RestoreResult(
+        files_restored=1, bytes_written=e.size, dry_run=True, actions=tuple(actions)
+    )
+    return RestorePlan(
+        snapshot=snap,
+        target=dest,
+        path=path,
+        in_place=False,
+        delete=False,
+        kept_extras=0,
+        result=res,
+        flat=True,
+    )
+
+
+def _restore_flat(store: Store, plan: RestorePlan) -> RestoreResult:
+    """Write one file as ``target/<name>``: a temporary file beside it, then a rename (a
+    symlink already there is replaced, never followed)."""
+    snap = plan.snapshot
+    e = store.entry(snap, plan.path)
+    if e is None or e.kind is not EntryKind.FILE:
+        raise UsageError(f"{plan.path} is not a file in snapshot {snap.short_id}")
+    os.makedirs(plan.target, exist_ok=True)
+    full = plan.destination
+    store.touch(snap)
+    fd, tmp = tempfile.mkstemp(prefix=".snapdeck-restore-", dir=plan.target)
+    written = 0
+    try:
+        with store.lock(exclusive=False, operation="restore"), os.fdopen(fd, "wb") as f:
+            for chunk in store.read_file(snap, plan.path):
+                f.write(chunk)
+                written += len(chunk)
+            f.flush()
+            os.fchmod(f.fileno(), e.mode & 0o777)
+            os.fsync(f.fileno())
+        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
+        os.replace(tmp, full)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return RestoreResult(files_restored=1, bytes_written=written)
 
 
 def execute(store: Store, plan: RestorePlan, options: SnapshotOptions) -> RestoreDone:
@@ -126,7 +209,9 @@ def execute(store: Store, plan: RestorePlan, options: SnapshotOptions) -> Restor
             }
         )
         guard = store.create_snapshot(snap.source, options=guard_opts).snapshot
-        res = store.restore(snap, plan.target, includes=includes, delete=plan.delete)
+        res = store.restore(
+            snap, plan.target, includes=includes, delete=plan.delete, overwrite=OVERWRITE
+        )
         if not plan.path:
             store.set_head(snap)
         return RestoreDone(plan=plan, result=res, guard=guard)
@@ -149,7 +234,19 @@ def execute(store: Store, plan: RestorePlan, options: SnapshotOptions) -> Restor
     for action, rel in plan.result.actions:
         if action == "mkdir" and not os.path.lexists(os.path.join(plan.target, rel)):
             created.append(rel)
-    res = store.restore(snap, plan.target, includes=includes, delete=plan.delete)
+    if plan.flat:
+        res = _restore_flat(store, plan)
+        created = [c for c in created if c != plan.target]  # the directory itself stays
+        return RestoreDone(
+            plan=plan,
+            result=res,
+            backup_dir=backup,
+            created=tuple(created),
+            backed_up=tuple(backed),
+        )
+    res = store.restore(
+        snap, plan.target, includes=includes, delete=plan.delete, overwrite=OVERWRITE
+    )
     return RestoreDone(
         plan=plan, result=res, backup_dir=backup, created=tuple(created), backed_up=tuple(backed)
     )
@@ -169,6 +266,7 @@ def undo(store: Store, done: RestoreDone, options: SnapshotOptions) -> str:
             plan.target,
             includes=(plan.path,) if plan.path else (),
             delete=redo.delete,
+            overwrite=OVERWRITE,
         )
         if not plan.path:
             store.set_head(guard)

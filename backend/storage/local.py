@@ -80,6 +80,21 @@ def check_address(kind: str, name: str) -> None:
         raise UsageError(f"invalid {kind} object name {name!r}: only refs may contain '/'")
 
 
+SLOW_IO_ENV = "SNAPDECK_TEST_SLOW_IO"
+"""TEST-ONLY hook: milliseconds to sleep in every ``put`` (with the temp file written, before
+it is linked into place) and every ``delete`` of an object other than a lock. The crash
+harness (``bench/crash.py``) sets it so that kill -9 lands inside write phases, which are too
+short to hit otherwise. Never set it in real use: it only slows snapdeck down."""
+
+
+def _slow_io_s() -> float:
+    raw = os.environ.get(SLOW_IO_ENV, "")
+    try:
+        return max(0.0, float(raw)) / 1000 if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
 def check_kind(kind: str) -> None:
     """Raise ``UsageError`` unless ``kind`` is one of ``KINDS``."""
     if kind not in KINDS:
@@ -163,6 +178,7 @@ class LocalStorage:
         # removed behind our back is noticed when the temp file cannot be created.
         self._dirs: set[str] = set()
         self._fds = _FdCache()
+        self._slow_s = _slow_io_s()  # test-only, see SLOW_IO_ENV
 
     @property
     def root(self) -> Path:
@@ -282,7 +298,7 @@ class LocalStorage:
         check_address(kind, name)
         directory, path = self._locate(kind, name)
         try:
-            self._write(directory, path, data, overwrite)
+            self._write(directory, path, data, overwrite, self._slow_s if kind != "locks" else 0)
         except ObjectExists:
             raise
         except OSError as exc:
@@ -306,7 +322,9 @@ class LocalStorage:
                 self._dirs.clear()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self, directory: str, path: str, data: Data, overwrite: bool) -> None:
+    def _write(
+        self, directory: str, path: str, data: Data, overwrite: bool, slow_s: float = 0.0
+    ) -> None:
         fd, tmp = self._open_temp(directory)
         try:
             try:
@@ -317,6 +335,8 @@ class LocalStorage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if slow_s:
+                time.sleep(slow_s)  # test-only (SLOW_IO_ENV): the temp file is in place
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -347,6 +367,8 @@ class LocalStorage:
         directory, path = self._locate(kind, name)
         if kind == "data":
             self._fds.forget(path)
+        if self._slow_s and kind != "locks":
+            time.sleep(self._slow_s)  # test-only (SLOW_IO_ENV)
         try:
             os.unlink(path)
         except _MISSING:

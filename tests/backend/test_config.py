@@ -302,8 +302,12 @@ def test_values_are_converted(tmp_path: Path) -> None:
 def test_default_helpers() -> None:
     config = Config()
     assert config.watch.retention.within == Duration(hours=1)
-    assert config.evict.max_size_bytes is None
-    assert config.evict.max_age_duration is None
+    assert config.evict.max_size_bytes == 1024**3  # seed 000: 1 GiB and 7 days
+    assert config.evict.max_age_duration == Duration(days=7)
+    assert not config.evict.sweep_in_watch  # nothing is evicted unless asked
+    off = EvictConfig(max_size="", max_age="")
+    assert off.max_size_bytes is None
+    assert off.max_age_duration is None
     assert config.snapshot.worker_threads >= 1
 
 

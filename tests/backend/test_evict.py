@@ -164,7 +164,7 @@ def test_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         h.write("f", 20_000 + i)
         h.snap()
     s = h.store
-    assert sweep(s, EvictConfig()) is None  # no limit configured
+    assert sweep(s, EvictConfig(max_size="", max_age="")) is None  # no limit configured
     h.clock._now += timedelta(days=30)
     cfg = EvictConfig(max_age="7d")
     with s.lock(exclusive=False, operation="snapshot"):  # busy: the next sweep retries
@@ -180,3 +180,51 @@ def test_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(Store, "prune", locked)
     assert sweep(h.store, EvictConfig(max_size="1")) is None
+
+
+def test_exclude_plans_for_the_repository_without_them(tmp_path: Path) -> None:
+    h = new_history(tmp_path)
+    ids = []
+    for i in range(7):
+        h.write(f"f{i % 3}", 20_000 + i)
+        ids.append(h.snap())
+    s = h.store
+    gone = [ids[1], ids[4]]
+    plan = plan_evict(s, max_size=1, max_age=None, exclude=gone)
+    assert not {i.snapshot.id for i in plan.remove} & set(gone)
+    s.forget(gone)  # the same plan as for a repository where they are forgotten already
+    after = plan_evict(s, max_size=1, max_age=None)
+    assert [i.snapshot.id for i in plan.remove] == [i.snapshot.id for i in after.remove]
+    assert [i.exclusive_bytes for i in plan.remove] == [i.exclusive_bytes for i in after.remove]
+    assert plan.size_after == after.size_after
+    assert plan.garbage_bytes > after.garbage_bytes  # their objects and data: reclaimable
+
+
+def test_usage_cache_gives_the_same_graph_and_reads_only_new_trees(tmp_path: Path) -> None:
+    h = random_history(tmp_path, 5, n=6)
+    repo, cache = h.store.repo, tmp_path / "usage.bin"
+    snaps = h.store.list_snapshots()
+    cold = UsageGraph.build(repo, snaps, cache=cache)
+    assert cold.trees_read > 0 and cache.exists()
+    warm = UsageGraph.build(repo, snaps, cache=cache)
+    assert warm.trees_read == 0
+    assert (
+        snapshot_usage(warm)
+        == snapshot_usage(cold)
+        == snapshot_usage(UsageGraph.build(repo, snaps))
+    )
+    assert (warm.live_bytes, warm.live_nodes) == (cold.live_bytes, cold.live_nodes)
+    h.write("d/e/new", 9000)  # one new file: only the trees on its path are read
+    h.snap()
+    snaps = h.store.list_snapshots()
+    more = UsageGraph.build(repo, snaps, cache=cache)
+    assert 0 < more.trees_read <= 3
+    fresh = UsageGraph.build(repo, snaps)
+    assert snapshot_usage(more) == snapshot_usage(fresh)
+    # A damaged cache is ignored (checksum), never trusted.
+    data = bytearray(cache.read_bytes())
+    data[40] ^= 0xFF
+    cache.write_bytes(bytes(data))
+    again = UsageGraph.build(repo, snaps, cache=cache)
+    assert again.trees_read == fresh.trees_read  # every tree read again
+    assert snapshot_usage(again) == snapshot_usage(more)

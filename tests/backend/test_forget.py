@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,27 @@ def test_named_snapshots() -> None:
     assert [s.id for s in plan.remove] == [snaps[2].id, snaps[0].id]
     with pytest.raises(UsageError, match="protected \\(HEAD\\)"):
         plan_forget_ids([snaps[1]], {snaps[1].id: ["HEAD"]})
+
+
+def test_store_forget_in_bulk_drops_notes_and_access_of_those_only(tmp_path: Path) -> None:
+    from tests.backend.test_prune import new_history
+
+    h = new_history(tmp_path)
+    ids = []
+    for i in range(6):
+        h.write("f", 3000 + i)
+        ids.append(h.snap())
+    s = h.store
+    for sid in ids[:4]:
+        s.set_tags(s.get(sid), add=["t"])
+        s.touch(s.get(sid))
+    s.set_pinned(s.get(ids[4]), True)
+    refs = {i.name for i in s.storage.list("refs")}
+    assert f"notes/{ids[0]}" in refs and f"access/{ids[0]}" in refs
+    gone = [ids[0], ids[1], ids[0], "f" * 64]  # a duplicate and an unknown id are ignored
+    assert s.forget(gone) == [ids[0], ids[1]]
+    left = {i.name for i in s.storage.list("refs")}
+    assert left == refs - {f"{k}/{sid}" for k in ("notes", "access") for sid in ids[:2]}
+    assert [x.id for x in h.reopen().list_snapshots()] == ids[2:]
+    assert h.store.get(ids[4]).pinned and h.store.get(ids[2]).tags == ("t",)
+    assert h.store.forget(ids[:2]) == []  # already gone

@@ -150,3 +150,60 @@ def test_copy_cli(s3_server: SeaweedServer, tmp_path: Path) -> None:
     assert r.returncode == 2 and "same repository" in r.stderr, r.stderr
     r = run(*args, "nosuchsnap", SNAPDECK_FROM_PASSWORD="pw")
     assert r.returncode == 13 and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_copy_carries_pins_tag_edits_and_with_refs_named_refs(tmp_path: Path) -> None:
+    env = isolated_environ(tmp_path / "_env")
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": "one"})
+    with Store.init(tmp_path / "a", cache_dir=tmp_path / "ca") as a:
+        s1 = a.create_snapshot(src).snapshot
+        (src / "a.txt").write_text("two")
+        s2 = a.create_snapshot(src).snapshot
+        a.set_pinned(s1, True)
+        a.set_tags(a.get(s2.id), add=["release"])
+        a.add_ref("stable", a.get(s1.id))
+        a.add_ref("taken", a.get(s2.id))
+    with Store.init(tmp_path / "b", cache_dir=tmp_path / "cb") as b:
+        other = b.create_snapshot(src).snapshot
+        b.add_ref("taken", other)  # B's own ref of that name: never moved
+
+    def copy(*extra: str) -> dict:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tui",
+                "copy",
+                "--from-repo",
+                str(tmp_path / "a"),
+                *extra,
+                "--to-repo",
+                str(tmp_path / "b"),
+                "--json",
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        doc: dict = json.loads(r.stdout)
+        return doc
+
+    doc = copy(s1.id[:8])  # without --refs: notes only
+    [c1] = [s["id"] for s in doc["snapshots"]]
+    assert doc["pinned"] == [c1] and doc["refs"] == [] and doc["ref_conflicts"] == {}
+    doc = copy("--refs")
+    ids = {s["source_id"]: s["id"] for s in doc["snapshots"]}
+    assert doc["pinned"] == [] and doc["tags_set"] == [ids[s2.id]]
+    assert doc["refs"] == ["stable"]
+    with Store.open(tmp_path / "b", cache_dir=tmp_path / "cb") as b:
+        assert doc["ref_conflicts"] == {"taken": other.id}
+        assert b.get(ids[s1.id]).pinned and not b.get(ids[s2.id]).pinned
+        assert "release" in b.get(ids[s2.id]).tags
+        assert b.refs() == {"stable": ids[s1.id], "taken": other.id}
+        assert "pinned" in b.protection()[ids[s1.id]]
+    assert copy("--refs")["refs"] == ["stable"]  # again: nothing new, nothing moved

@@ -117,6 +117,13 @@ def test_cli_end_to_end(s3_server: SeaweedServer, tmp_path: Path) -> None:
     r = cli(env, "list", "--repo", repo, "--config", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)) == 1
+    # Commands that open only the storage (no Store) use the [s3] section too.
+    r = cli(env, "key", "info", "--repo", repo, "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["encrypted"] is False
+    r = cli(env, "unlock", "--repo", repo, "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"removed": 0}
 
     env["AWS_ACCESS_KEY_ID"] = "snapdeck-test"
     env["AWS_SECRET_ACCESS_KEY"] = "wrong"  # the environment wins over the config file

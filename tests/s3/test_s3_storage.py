@@ -279,3 +279,40 @@ def test_lease_refresh_and_stale_lock_on_s3(s3: S3Storage) -> None:
     with acquire_lock(s3, exclusive=False, operation="backup"):
         pass
     assert list(s3.list("locks")) == []
+
+
+def test_lease_refresh_is_compare_and_swap_on_s3(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock broken right before its holder renews it stays broken: the renewal is a
+    conditional write on the ETag, not check-then-overwrite (which would resurrect it)."""
+    from backend.errors import StoreLocked
+
+    lock = acquire_lock(s3, exclusive=True, operation="prune", lease_s=60, refresh=False)
+    lock.refresh()  # a normal renewal (learns the ETag, then swaps on it)
+    lock.refresh()
+    assert [i.name for i in s3.list("locks")] == [lock.name]
+    real_replace, real_put = s3.replace_if, s3.put
+
+    def unlock_lands_first(kind: str, name: str, *args: object, **kw: object) -> object:
+        if kind == "locks":
+            s3.delete(kind, name)  # 'snapdeck unlock --all' from another host, just now
+        write = real_replace if len(args) == 2 else real_put
+        return write(kind, name, *args, **kw)  # type: ignore[operator]
+
+    monkeypatch.setattr(s3, "replace_if", unlock_lands_first)
+    monkeypatch.setattr(s3, "put", unlock_lands_first)
+    with pytest.raises(StoreLocked, match="removed by someone else"):
+        lock.refresh()
+    assert list(s3.list("locks")) == []  # not resurrected
+    assert lock.lost
+    monkeypatch.undo()
+
+    # Someone replaced the lease with other content: also lost, and theirs is left alone.
+    other = acquire_lock(s3, exclusive=False, operation="backup", lease_s=60, refresh=False)
+    other.refresh()
+    s3.put("locks", other.name, b'{"not": "ours"}', overwrite=True)
+    with pytest.raises(StoreLocked):
+        other.refresh()
+    assert s3.get("locks", other.name) == b'{"not": "ours"}'
+    s3.delete("locks", other.name)

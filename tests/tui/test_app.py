@@ -93,10 +93,16 @@ async def test_keymap_rebinds_by_id(make_app) -> None:  # type: ignore[no-untype
 
 async def test_command_palette_offers_every_screen_action(make_app) -> None:  # type: ignore[no-untyped-def]
     app = make_app()
+
+    def titles() -> list[str]:
+        return [c.title for c in app.get_system_commands(app.screen)]
+
     async with app.run_test(size=SNAP_SIZE) as pilot:
         await settle(pilot)
-        titles = {c.title for c in app.get_system_commands(app.screen)}
+        here = titles()
+        assert len(here) == len(set(here)), here  # no command twice
         for t in (
+            "Browse",  # shadowed by the list's own enter, still an action
             "Diff",
             "Mark",
             "Restore",
@@ -105,11 +111,40 @@ async def test_command_palette_offers_every_screen_action(make_app) -> None:  # 
             "Forget",
             "History",
             "Filter",
+            "Snapshot now",
             "Next theme",
             "Help",
             "Eviction",
         ):
-            assert t in titles, t
+            assert t in here, t
+        assert "Up" not in here and "Page down" not in here  # navigation is not an action
+        # the diff screen's actions (diff.* ids)
+        lst = app.screen.query_one(SnapshotList)
+        old, new = [s for s in lst.items if s is not None][-1], lst.highlighted
+        app.open_diff(old, new)
+        await settle(pilot)
+        here = titles()
+        for t in ("Next hunk", "Prev hunk", "Unified", "Side by side", "Expand folds"):
+            assert t in here, t
+        assert "Next file" in here and "Timeline" in here
+        # run one from the palette: it acts on the diff screen
+        screen = app.screen
+        cmd = next(c for c in app.get_system_commands(screen) if c.title == "Unified")
+        cmd.callback()
+        await settle(pilot)
+        from tui.widgets.diffview import DiffView
+
+        assert screen.query_one(DiffView).mode == "unified"
+        # the eviction screen's (evict.* ids); Eviction itself is not offered there
+        app.action_eviction()
+        await settle(pilot)
+        here = titles()
+        for t in ("Edit policy", "Run plan", "Cancel run", "Reload", "Timeline"):
+            assert t in here, t
+        assert "Eviction" not in here
+        next(c for c in app.get_system_commands(app.screen) if c.title == "Timeline").callback()
+        await settle(pilot)
+        assert isinstance(app.screen, TimelineScreen)
 
 
 @pytest.mark.parametrize(

@@ -3,17 +3,19 @@ the checkpoint graph."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.widgets import Static, Tree
 
+from backend.model import Entry, EntryKind, Snapshot
 from tests.conftest import make_tree
 from tests.tui.conftest import SNAP_SIZE, build_app, settle
-from tui.screens.browser import BrowserScreen, VersionList
+from tui.screens.browser import BrowserScreen, VersionList, versions_along_graph
 from tui.screens.history import HistoryScreen
-from tui.widgets.dialogs import ConfirmDialog, InputDialog
+from tui.widgets.dialogs import ConfirmDialog, RestoreToDialog
 from tui.widgets.graph import GraphList, layout
 
 
@@ -108,7 +110,7 @@ async def test_restore_a_folder_elsewhere_and_undo(store, tmp_path: Path) -> Non
         await settle(pilot)
         await pilot.press("R")
         await pilot.pause()
-        assert isinstance(app.screen, InputDialog)
+        assert isinstance(app.screen, RestoreToDialog)
         await pilot.press(*str(dest), "enter")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmDialog)
@@ -120,6 +122,101 @@ async def test_restore_a_folder_elsewhere_and_undo(store, tmp_path: Path) -> Non
         await settle(pilot)
         assert (dest / "dir" / "a.txt").read_text() == "precious"
         assert not (dest / "dir" / "b.txt").exists()
+
+
+def _snap(n: int, parent: int | None) -> Snapshot:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    return Snapshot(
+        id=f"{n:064x}",
+        time=t0 + timedelta(minutes=n),
+        host="h",
+        source="/src",
+        tree="0" * 64,
+        parent=None if parent is None else f"{parent:064x}",
+    )
+
+
+def _file(content: str) -> Entry:
+    return Entry(
+        name=b"f",
+        kind=EntryKind.FILE,
+        mode=0o644,
+        uid=0,
+        gid=0,
+        mtime_ns=0,
+        size=len(content),
+        content=(content.encode().ljust(32, b"-"),),  # type: ignore[arg-type]
+    )
+
+
+def test_file_history_follows_the_graph_not_time() -> None:
+    """1 (A) → 2 (B) → 4 (B); a restore of 1 then 3 (A) branches from 1 between them in time.
+    By time the file looks like A, B, A, B; along the graph it is A (1 and 3) and B (2, 4)."""
+    snaps = [_snap(1, None), _snap(2, 1), _snap(3, 1), _snap(4, 2)]
+    content = {1: "A", 2: "B", 3: "A", 4: "B"}
+
+    def entry_of(s: Snapshot) -> Entry:
+        return _file(content[int(s.id, 16)])
+
+    versions = versions_along_graph(snaps, entry_of)
+    assert [(int(v.first.id, 16), v.count) for v in versions] == [(2, 2), (1, 2)]
+    b, a = versions
+    assert a.ids == {f"{1:064x}", f"{3:064x}"} and b.last.id == f"{4:064x}"
+    # a change reverted on one line is three versions (two distinct contents)
+    line = [_snap(1, None), _snap(2, 1), _snap(3, 2)]
+    content = {1: "A", 2: "B", 3: "A"}
+    assert [v.count for v in versions_along_graph(line, entry_of)] == [1, 1, 1]
+    # an absent path is a version too
+    gone = versions_along_graph(line, lambda s: None if s.id.endswith("2") else entry_of(s))
+    assert [v.entry is None for v in gone] == [False, True, False]
+
+
+async def test_restore_a_file_elsewhere_flat_then_with_folders(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    make_tree(src, {"deep": {"er": {"f.txt": "content"}}})
+    store.create_snapshot(src)
+    dest = tmp_path / "out"
+    make_tree(dest, {"f.txt": "precious"})
+    app = build_app(store, tmp_path, dirs=(str(src),))
+    async with app.run_test(size=SNAP_SIZE) as pilot:
+        screen = await _browse_newest_project(app, pilot)
+        for _ in range(2):  # deep/ → er/
+            await pilot.press("space")
+            await settle(pilot)
+            await pilot.press("down")
+            await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        await pilot.press("down")  # f.txt
+        await settle(pilot)
+        assert screen.current is not None and screen.current.text_path == "deep/er/f.txt"
+        # flat (the default for a file): out/f.txt, the dry run first, then undo
+        await pilot.press("R")
+        await pilot.pause()
+        assert isinstance(app.screen, RestoreToDialog)
+        await pilot.press(*str(dest), "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        assert f"as       {dest / 'f.txt'}" in app.screen.body
+        assert (dest / "f.txt").read_text() == "precious"  # nothing written yet
+        await pilot.press("y")
+        await settle(pilot)
+        assert (dest / "f.txt").read_text() == "content"
+        assert not (dest / "deep").exists()
+        await pilot.press("u")
+        await settle(pilot)
+        assert (dest / "f.txt").read_text() == "precious"
+        assert sorted(p.name for p in dest.iterdir()) == ["f.txt"]  # no temp file left
+        # keep its folders: out/deep/er/f.txt
+        await pilot.press("R")
+        await pilot.pause()
+        await pilot.press(*str(dest), "tab", "space", "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
+        await settle(pilot)
+        assert (dest / "deep" / "er" / "f.txt").read_text() == "content"
+        assert (dest / "f.txt").read_text() == "precious"
 
 
 def test_layout_branches_after_a_restore(demo_store) -> None:  # type: ignore[no-untyped-def]

@@ -1,10 +1,13 @@
 """Browse one snapshot: a lazy tree, a file preview (syntax highlighted, binary and size
-guarded), the file's history across snapshots (identical versions collapsed), and restore of
-a file or folder to its place or elsewhere with a dry-run preview and undo."""
+guarded), the file's history across snapshots (identical versions collapsed along the
+checkpoint graph, so branches after a restore stay apart), and restore of a file or folder to
+its place or elsewhere (a single file: flat into the directory by default) with a dry-run
+preview and undo."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,7 +27,8 @@ from backend.snapshots import escape_path
 from tui import restoring
 from tui.formatting import human_size, local, relative_time
 from tui.screens.base import BackendScreen
-from tui.widgets.dialogs import ConfirmDialog, InputDialog
+from tui.widgets.dialogs import ConfirmDialog, RestoreToDialog
+from tui.widgets.graph import layout as graph_layout
 from tui.widgets.linelist import LineList
 from tui.widgets.status_bar import StatusBar
 
@@ -65,13 +69,66 @@ class PreviewReady(Message):
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """One distinct version of a path: the first snapshot holding it and how many share it."""
+    """One version of a path along the checkpoint graph: a run of snapshots linked by parent
+    edges that all hold the same content (a run may fork into branches that kept it)."""
 
     first: Snapshot
+    """The oldest snapshot of the run (where this content appeared on its branch)."""
     last: Snapshot
+    """The newest snapshot of the run."""
     count: int
     entry: Entry | None
     """None: the path did not exist in those snapshots."""
+    lane: int = 0
+    """The graph lane (branch) of ``first``, as the history screen draws it."""
+    ids: frozenset[str] = frozenset()
+    """Every snapshot of the run."""
+
+
+def versions_along_graph(
+    snaps: list[Snapshot], entry_of: Callable[[Snapshot], Entry | None]
+) -> list[Version]:
+    """A path's versions, newest first, following the checkpoint graph rather than time.
+
+    A snapshot joins its parent's version when the path is identical in both; otherwise it
+    starts a new one. So the versions of two branches are never merged just because their
+    snapshots interleave in time, and a version restored onto a new branch stays one version
+    (its run continues through the parent edge). ``entry_of`` may raise nothing: it returns
+    None for an absent path.
+    """
+    lanes = {r.snapshot.id: r.lane for r in graph_layout(snaps) if r.snapshot is not None}
+    runs: list[list[Snapshot]] = []
+    run_of: dict[str, int] = {}
+    keys: list[object] = []
+    entries: list[Entry | None] = []
+    key_of: dict[str, object] = {}
+    for s in sorted(snaps, key=lambda x: (x.time, x.id)):
+        e = entry_of(s)
+        key = _version_key(e)
+        key_of[s.id] = key
+        parent = s.parent
+        if parent is not None and parent in run_of and key_of.get(parent) == key:
+            i = run_of[parent]
+            runs[i].append(s)
+        else:
+            i = len(runs)
+            runs.append([s])
+            keys.append(key)
+            entries.append(e)
+        run_of[s.id] = i
+    out = [
+        Version(
+            run[0],
+            max(run, key=lambda x: (x.time, x.id)),
+            len(run),
+            entries[i],
+            lanes.get(run[0].id, 0),
+            frozenset(x.id for x in run),
+        )
+        for i, run in enumerate(runs)
+    ]
+    out.sort(key=lambda v: (v.first.time, v.first.id), reverse=True)
+    return out
 
 
 @dataclass
@@ -92,16 +149,26 @@ class RestoreFinished(Message):
 
 
 class VersionList(LineList[Version]):
-    """Per-file history, newest first."""
+    """Per-file history along the graph, newest first; the lane column shows the branch."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = LineList.COMPONENT_CLASSES | {
         "version-list--muted",
         "version-list--here",
+        "version-list--lane-1",
+        "version-list--lane-2",
+        "version-list--lane-3",
+        "version-list--lane-4",
     }
     DEFAULT_CSS = """
     VersionList > .version-list--muted { color: $text-muted; }
     VersionList > .version-list--here { color: $accent; text-style: bold; }
+    VersionList > .version-list--lane-1 { color: $graph-lane-1; }
+    VersionList > .version-list--lane-2 { color: $graph-lane-2; }
+    VersionList > .version-list--lane-3 { color: $graph-lane-3; }
+    VersionList > .version-list--lane-4 { color: $graph-lane-4; }
     """
+    MAX_LANES = 4
+    """Lanes drawn before the column stops growing."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -117,10 +184,16 @@ class VersionList(LineList[Version]):
         muted = self.get_component_rich_style("version-list--muted", partial=True)
         here = self.get_component_rich_style("version-list--here", partial=True)
         t = Text(no_wrap=True, overflow="ellipsis")
-        is_here = self.current in {item.first.id, item.last.id} or (
-            item.first.time <= self._cur_time <= item.last.time if self._cur_time else False
-        )
-        t.append("● " if is_here else "  ", style=here)
+        is_here = self.current in item.ids
+        t.append("▶ " if is_here else "  ", style=here)
+        width_lanes = min(self._lanes, self.MAX_LANES)
+        if width_lanes > 1:  # one branch: no lane column
+            lane = min(item.lane, width_lanes - 1)
+            cells = "".join("● " if i == lane else "  " for i in range(width_lanes))
+            lane_style = self.get_component_rich_style(
+                f"version-list--lane-{item.lane % 4 + 1}", partial=True
+            )
+            t.append(cells, style=lane_style)
         t.append(f"{item.first.short_id} ", style=muted)
         t.append(f"{local(item.first.time):%-d %b %H:%M} ")
         if self.now is not None:
@@ -135,7 +208,11 @@ class VersionList(LineList[Version]):
             t.append(f"  ×{item.count} snapshots", style=muted)
         return t
 
-    _cur_time = None
+    _lanes = 1
+
+    def set_rows(self, items: list[Version | None], *, keep: Version | None = None) -> None:
+        self._lanes = max((v.lane + 1 for v in items if v is not None), default=1)
+        super().set_rows(items, keep=keep)
 
 
 class BrowserScreen(BackendScreen):
@@ -180,7 +257,8 @@ class BrowserScreen(BackendScreen):
                 with VerticalScroll(id="preview-scroll"):
                     yield Static("select a file", id="preview")
                 yield Label(
-                    "history of this path (identical versions collapsed)", id="versions-title"
+                    "history of this path (identical versions collapsed along the graph)",
+                    id="versions-title",
                 )
                 yield VersionList(id="versions")
         yield StatusBar()
@@ -279,6 +357,8 @@ class BrowserScreen(BackendScreen):
             cut = e.size > len(data) or len(lines) > PREVIEW_LINES
             if len(lines) > PREVIEW_LINES:
                 text = "\n".join(lines[:PREVIEW_LINES])
+            if text.endswith("\n"):  # Syntax would number an empty line after it
+                text = text[:-1]
             lexer = Syntax.guess_lexer(name, text)
             dark = self.app.current_theme.dark
             r = Syntax(
@@ -308,23 +388,20 @@ class BrowserScreen(BackendScreen):
         store = self.snap_app.store
         worker = get_current_worker()
         snaps = store.list_snapshots(source=self.snapshot.source, refresh=False)
-        versions: list[Version] = []
-        prev_key: object = object()
-        for s in snaps:
+
+        def entry_of(s: Snapshot) -> Entry | None:
             if worker.is_cancelled:
-                return
+                raise _Stop
             try:
-                e = store.entry(s, path)
+                return store.entry(s, path)
             except PathNotFound:
-                e = None
-            key = _version_key(e)
-            if versions and key == prev_key:
-                v = versions[-1]
-                versions[-1] = Version(v.first, s, v.count + 1, v.entry)
-            else:
-                versions.append(Version(s, s, 1, e))
-                prev_key = key
-        self.post_message(VersionsLoaded(path, list(reversed(versions))))
+                return None
+
+        try:
+            versions = versions_along_graph(snaps, entry_of)
+        except _Stop:
+            return
+        self.post_message(VersionsLoaded(path, versions))
 
     @on(VersionsLoaded)
     def versions_loaded(self, msg: VersionsLoaded) -> None:
@@ -333,12 +410,9 @@ class BrowserScreen(BackendScreen):
         vl = self.query_one(VersionList)
         vl.now = self.snap_app.clock.now()  # type: ignore[assignment]
         vl.current = self.snapshot.id
-        vl._cur_time = self.snapshot.time  # type: ignore[assignment]
-        here = next(
-            (v for v in msg.versions if v.first.time <= self.snapshot.time <= v.last.time), None
-        )
+        here = next((v for v in msg.versions if self.snapshot.id in v.ids), None)
         vl.set_rows(list(msg.versions), keep=here)
-        n = len([v for v in msg.versions if v.entry is not None])
+        n = len({_version_key(v.entry) for v in msg.versions if v.entry is not None})
         self.query_one("#versions-title", Label).update(
             f"history of this path: {n} distinct version{'s' if n != 1 else ''} "
             f"in {sum(v.count for v in msg.versions)} snapshots"
@@ -385,25 +459,27 @@ class BrowserScreen(BackendScreen):
 
     def action_restore_elsewhere(self) -> None:
         path = self._target_path()
+        e = self.current.entry if self.current is not None else None
+        is_file = bool(path) and e is not None and e.kind is EntryKind.FILE
 
-        def done(target: str | None) -> None:
-            if target:
-                self.plan(path, os.path.abspath(os.path.expanduser(target)))
+        def done(answer: tuple[str, bool] | None) -> None:
+            if answer and answer[0].strip():
+                target, keep_folders = answer
+                where = os.path.abspath(os.path.expanduser(target.strip()))
+                self.plan(path, where, flat=is_file and not keep_folders)
 
-        self.app.push_screen(
-            InputDialog(
-                f"Restore {path or 'everything'} to…",
-                placeholder="/path/to/directory",
-                help="A directory; the path is recreated inside it (DIR/" + (path or "") + ").",
-            ),
-            done,
-        )
+        self.app.push_screen(RestoreToDialog(path, is_file=is_file), done)
 
     @work(thread=True, exclusive=True, group="browser-restore", exit_on_error=False)
-    def plan(self, path: str, target: str | None) -> None:
+    def plan(self, path: str, target: str | None, flat: bool = False) -> None:
         opts = self.snap_app.snapshot_options()
         plan = restoring.plan_restore(
-            self.snap_app.store, self.snapshot, path=path, target=target, excludes=opts.excludes
+            self.snap_app.store,
+            self.snapshot,
+            path=path,
+            target=target,
+            excludes=opts.excludes,
+            flat=flat,
         )
         self.post_message(RestorePlanned(plan))
 
@@ -430,7 +506,7 @@ class BrowserScreen(BackendScreen):
         app = self.snap_app
         done = restoring.execute(app.store, plan, app.snapshot_options())
         r = done.result
-        where = os.path.join(plan.target, plan.path) if plan.path else plan.target
+        where = plan.destination
         self.post_message(
             RestoreFinished(done, f"restored {r.files_restored} file(s) to {where} · u to undo")
         )
@@ -455,6 +531,10 @@ class BrowserScreen(BackendScreen):
         if msg.done is not None:
             self.last_restore = msg.done
         self.notify(msg.text, timeout=6)
+
+
+class _Stop(Exception):
+    """The versions worker was cancelled (another path was selected)."""
 
 
 def _version_key(e: Entry | None) -> object:

@@ -42,6 +42,7 @@ from tui.screens.base import BackendScreen
 from tui.widgets.diff_files import BINARY, SKIPPED, DiffFileList, FileItem, make_items
 from tui.widgets.diff_highlight import highlight_lines
 from tui.widgets.diffview import DiffText, DiffView
+from tui.widgets.status_bar import StatusBar
 
 MAX_DIFF_BYTES = 16 * 1024 * 1024
 """Larger files are not aligned line by line: sizes and hashes are shown instead."""
@@ -191,6 +192,7 @@ class DiffScreen(BackendScreen):
             with Vertical(id="diff-right"):
                 yield Static("", id="diff-file-header", markup=False)
                 yield DiffView(id="diff-view")
+        yield StatusBar()
         yield Footer()
 
     def _title(self) -> str:

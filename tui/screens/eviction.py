@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 
 from textual import on, work
@@ -48,6 +47,7 @@ from tui.screens.base import BackendScreen
 from tui.widgets.dialogs import ConfirmDialog
 from tui.widgets.evict_calendar import EvictCalendar
 from tui.widgets.evict_plan import EvictPlanList, Fate
+from tui.widgets.status_bar import StatusBar
 
 NO_BUDGET = 1 << 62
 """A size budget no repository reaches: plans the projection (bytes freed) without evicting."""
@@ -213,32 +213,6 @@ class Preview:
         return max(0, self.size_before - self.size_after)
 
 
-class _Without:
-    """The store as ``plan_evict`` sees it once some snapshots are forgotten.
-
-    ``plan_evict`` lists the snapshots itself; this view hides the ones retention removes, so
-    its graph, protections and projected size are those of the repository after the forget.
-    (Their objects and their data still in storage count as reclaimable garbage, which is
-    what prune will make of them.)
-    """
-
-    def __init__(self, store: Store, hidden: set[str]) -> None:
-        self._store = store
-        self._hidden = hidden
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def list_snapshots(self, **kw: Any) -> list[Snapshot]:
-        return [s for s in self._store.list_snapshots(**kw) if s.id not in self._hidden]
-
-    def last_access(self) -> dict[str, datetime]:
-        return {k: v for k, v in self._store.last_access().items() if k not in self._hidden}
-
-    def protection(self) -> dict[str, list[str]]:
-        return {k: v for k, v in self._store.protection().items() if k not in self._hidden}
-
-
 class EvictionBackend:
     """Every backend call the eviction screen makes (blocking; call from a worker).
 
@@ -282,9 +256,9 @@ class EvictionBackend:
                     keep_reasons[s.id] = kept.labels or kept.reasons
                 forget = [s.id for s in sorted(fplan.remove, key=lambda s: s.time, reverse=True)]
         hidden = set(forget)
-        view: Any = _Without(store, hidden)
         eplan: EvictPlan = plan_evict(
-            view,
+            store,
+            exclude=hidden,
             max_size=max_size if max_size is not None or max_age is not None else NO_BUDGET,
             max_age=max_age,
             cancel=cancel,
@@ -409,6 +383,7 @@ class EvictionScreen(BackendScreen):
     AUTO_FOCUS = "#evict-plan"
 
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("e", "edit_policy", "Edit policy", id="evict.edit"),
         Binding("r", "run", "Run plan", id="evict.run"),
         Binding("c", "cancel_run", "Cancel run", id="evict.cancel"),
         Binding("ctrl+l", "reload", "Reload", id="evict.reload"),
@@ -524,6 +499,7 @@ class EvictionScreen(BackendScreen):
         with Horizontal(id="evict-run"):
             yield Label("", id="evict-run-label")
             yield ProgressBar(id="evict-progress", show_eta=False)
+        yield StatusBar()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -543,6 +519,16 @@ class EvictionScreen(BackendScreen):
 
     def action_reload(self) -> None:
         self.reload()
+
+    def action_edit_policy(self) -> None:
+        """Focus the first policy field (tab moves on; enter or escape ends editing)."""
+        self.query(Input).first().focus()
+
+    def action_back(self) -> None:
+        if isinstance(self.focused, Input):  # escape in a field ends editing, not the screen
+            self.query_one(EvictPlanList).focus()
+            return
+        super().action_back()
 
     def worker_failed(self, worker: Worker[object]) -> None:
         self.query_one(EvictPlanList).loading = False
@@ -611,6 +597,7 @@ class EvictionScreen(BackendScreen):
         if self._debounce is not None:
             self._debounce.stop()
         self._replan()
+        self.query_one(EvictPlanList).focus()
 
     def _replan(self) -> None:
         self._debounce = None

@@ -47,10 +47,11 @@ class HelpScreen(ModalScreen[None]):
         name = type(self.below).__name__.removesuffix("Screen").lower() or "screen"
         with Vertical():
             yield Label(f"Keys — {name}", classes="title")
-            yield Label(
+            yield Static(
                 'Rebind any key in config.toml [keymap] with the id shown (id = "keys"). '
                 "ctrl+p opens the command palette with every action.",
                 classes="hint",
+                markup=False,
             )
             with VerticalScroll():
                 yield Static(self._table(), id="help-table")

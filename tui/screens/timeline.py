@@ -19,7 +19,7 @@ from tui.formatting import human_size, local, relative_time, spark
 from tui.screens.base import BackendScreen
 from tui.widgets.dialogs import ConfirmDialog, InputDialog
 from tui.widgets.linelist import LineList
-from tui.widgets.snapshot_list import SnapshotList, volume
+from tui.widgets.snapshot_list import Layout, SnapshotList, layout
 from tui.widgets.status_bar import StatusBar
 
 
@@ -29,6 +29,10 @@ class SnapshotsLoaded(Message):
 
     snapshots: list[Snapshot]
     protected: dict[str, list[str]]
+    layout: Layout
+    """The rows, laid out in the worker (sorting and grouping 10,000 is too slow for the loop)."""
+    final: bool = True
+    """False for what the local catalog had before the repository was asked (may be stale)."""
 
 
 @dataclass
@@ -96,6 +100,7 @@ class TimelineScreen(BackendScreen):
         self._all: list[Snapshot] = []
         self._by_id: dict[str, Snapshot] = {}
         self._protected: dict[str, list[str]] = {}
+        self._layout: Layout | None = None
         self._loaded = False
         self._welcomed = False
         self.last_restore: restoring.RestoreDone | None = None
@@ -127,17 +132,35 @@ class TimelineScreen(BackendScreen):
 
     @work(thread=True, exclusive=True, group="timeline-load", exit_on_error=False)
     def load_snapshots(self) -> None:
-        store = self.snap_app.store
-        snaps = store.list_snapshots()
-        self.post_message(SnapshotsLoaded(snaps, store.protection()))
+        clock = self.snap_app.clock
+        first = self.snap_app.take_first_listing()
+        if first is not None:
+            # Paint what the local catalog has at once, then the repository's truth.
+            try:
+                snaps, protected = first.cached.result()
+            except Exception as exc:  # the synced listing below reports real problems
+                self.log.warning(f"cached listing failed: {exc!r}")
+            else:
+                if snaps:
+                    lay = layout(snaps, clock.now())
+                    self.post_message(SnapshotsLoaded(snaps, protected, lay, final=False))
+            snaps, protected = first.synced.result()
+        else:
+            store = self.snap_app.store
+            snaps = store.list_snapshots()
+            protected = store.protection()
+        self.post_message(SnapshotsLoaded(snaps, protected, layout(snaps, clock.now())))
 
     @on(SnapshotsLoaded)
     def show_snapshots(self, msg: SnapshotsLoaded) -> None:
         self._all = msg.snapshots
         self._by_id = {s.id: s for s in msg.snapshots}
         self._protected = msg.protected
+        self._layout = msg.layout
         self._loaded = True
         self._refilter()
+        if not msg.final:
+            return
         if not self._all and not self._welcomed:
             from tui.screens.welcome import WelcomeScreen
 
@@ -150,13 +173,16 @@ class TimelineScreen(BackendScreen):
         lst = self.query_one(SnapshotList)
         query = self.query_one("#filter", Input).value.strip()
         shown = [s for s in self._all if matches(s, query)] if query else self._all
-        lst.show(shown, now=self.snap_app.clock.now(), protected=self._protected)
+        lay = self._layout
+        if query or lay is None:
+            lay = layout(shown, self.snap_app.clock.now())
+        lst.show_layout(lay, protected=self._protected)
         n, total = len(shown), len(self._all)
         info = f"· timeline · {total} snapshot{'s' if total != 1 else ''}"
         if query:
             info += f" · {n} match “{query}”"
         self.query_one("#title-info", Label).update(info)
-        vols = [volume(x) for x in reversed(shown)]
+        vols = lay.volumes
         width = max(10, self.size.width - 30)
         line = Text("change volume ", style="bold")
         line.append(spark(vols, width) if vols else "—")

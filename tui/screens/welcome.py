@@ -9,7 +9,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Center, Vertical
+from textual.containers import Center, Container, Vertical
 from textual.message import Message
 from textual.widgets import Button, Footer, Label, ProgressBar, Static
 
@@ -59,7 +59,7 @@ class WelcomeScreen(BackendScreen):
     """Shown over the timeline when the repository has no snapshot yet."""
 
     DEFAULT_CSS = """
-    WelcomeScreen { align: center middle; }
+    WelcomeScreen #welcome-area { height: 1fr; align: center middle; }
     WelcomeScreen #welcome {
         width: 80; max-width: 95%; height: auto;
         border: thick $primary 50%; background: $surface; padding: 1 3;
@@ -77,7 +77,7 @@ class WelcomeScreen(BackendScreen):
 
     def compose(self) -> ComposeResult:
         app = self.snap_app
-        with Center(), Vertical(id="welcome"):
+        with Container(id="welcome-area"), Center(), Vertical(id="welcome"):
             yield Label("Welcome to snapdeck", id="welcome-title")
             yield Static(self._body(), id="welcome-body")
             bar = ProgressBar(show_eta=False, id="progress")

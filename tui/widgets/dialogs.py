@@ -1,4 +1,5 @@
-"""Modal dialogs: confirm (with an optional plan to read first) and a one-line input."""
+"""Modal dialogs: confirm (with an optional plan to read first), a one-line input, and the
+"restore to…" question (a directory, and for a single file whether to keep its folders)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Checkbox, Input, Label, Static
 
 DIALOG_CSS = """
 .dialog {
@@ -101,6 +102,65 @@ class InputDialog(ModalScreen[str | None]):
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RestoreToDialog(ModalScreen[tuple[str, bool] | None]):
+    """Ask where to restore ``path``: dismisses with (directory, keep folders) or None.
+
+    A single file goes flat into the directory (``DIR/<name>``) unless "keep its folders" is
+    ticked (``DIR/<path>``); a folder always keeps its path."""
+
+    DEFAULT_CSS = (
+        "RestoreToDialog { align: center middle; }\n"
+        + DIALOG_CSS
+        + "RestoreToDialog Checkbox { margin-top: 1; border: none; padding: 0; }\n"
+    )
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
+
+    def __init__(self, path: str, *, is_file: bool, value: str = "") -> None:
+        super().__init__()
+        self.path = path
+        self.is_file = is_file
+        self.value = value
+
+    def compose(self) -> ComposeResult:
+        name = self.path.rsplit("/", 1)[-1]
+        with Vertical(classes="dialog"):
+            yield Label(f"Restore {self.path or 'everything'} to…", classes="title")
+            if self.is_file:
+                help = (
+                    f"A directory: the file is written there as DIR/{name}. Tick the box to "
+                    f"recreate its folders (DIR/{self.path}). A dry run is shown before "
+                    "anything is written."
+                )
+            else:
+                help = (
+                    f"A directory; the path is recreated inside it (DIR/{self.path}). "
+                    "A dry run is shown before anything is written."
+                )
+            yield Static(help, classes="body", markup=False)
+            yield Input(value=self.value, placeholder="/path/to/directory", id="answer")
+            if self.is_file and "/" in self.path:
+                yield Checkbox(f"keep its folders (DIR/{self.path})", id="keep-folders")
+
+    def on_mount(self) -> None:
+        inp = self.query_one(Input)
+        inp.cursor_blink = bool(getattr(self.app, "cursor_blink", False))
+        inp.focus()
+
+    @on(Checkbox.Changed)
+    def ticked(self) -> None:
+        self.query_one(Input).focus()  # enter in the input restores
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        keep = not self.is_file
+        for box in self.query("#keep-folders").results(Checkbox):
+            keep = box.value
+        self.dismiss((event.value, keep))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -77,7 +77,8 @@ class EvictPlanList(LineList[Fate]):
         t.append(" keep " if item.keep else " drop ", st("keep" if item.keep else "drop"))
         t.append(f" {s.time.astimezone():%Y-%m-%d %H:%M} ")
         t.append(f"{s.short_id} ", st("muted"))
-        t.append(f"{s.trigger[:6]:<6} ", st("muted"))
+        trigger = "guard" if s.trigger == "restore-guard" else s.trigger[:6]
+        t.append(f"{trigger:<6} ", st("muted"))
         if item.exclusive is None:
             t.append(" " * (BAR + 10), st("muted"))
         else:

@@ -153,7 +153,11 @@ class GraphList(LineList[GraphRow]):
     def render_row(self, index: int, item: GraphRow | None, width: int) -> Text:
         if item is None:
             row = self._connectors.get(index)
-            return self._graph(row.cells) if row else Text("")
+            if row is None:
+                return Text("")
+            t = Text("   ")  # the mark column of node rows
+            t.append_text(self._graph(row.cells))
+            return t
         s = item.snapshot
         assert s is not None
         t = Text(no_wrap=True, overflow="ellipsis")

@@ -34,6 +34,53 @@ def volume(s: Snapshot) -> float:
     return float(s.stats.bytes_added + 256 * changed_files(s))
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Snapshots as timeline rows: newest first under day headers (``None`` rows)."""
+
+    rows: list[Snapshot | None]
+    headers: dict[int, DayHeader]
+    max_volume: float
+    show_source: bool
+    now: datetime
+    volumes: list[float]
+    """Each snapshot's change volume, oldest first (the sparkline)."""
+
+
+def layout(snapshots: list[Snapshot], now: datetime) -> Layout:
+    """Sort and group snapshots for the list (pure: safe in a worker thread)."""
+    ordered = sorted(snapshots, key=lambda s: (s.time, s.id), reverse=True)
+    rows: list[Snapshot | None] = []
+    headers: dict[int, DayHeader] = {}
+    day = None
+    start = 0
+    count = added = 0
+    for s in ordered:
+        d = local(s.time).date()
+        if d != day:
+            if day is not None:
+                headers[start] = DayHeader(headers[start].label, count, added)
+            day = d
+            start = len(rows)
+            headers[start] = DayHeader(day_label(s.time, now), 0, 0)
+            rows.append(None)
+            count = added = 0
+        rows.append(s)
+        count += 1
+        added += s.stats.bytes_added
+    if day is not None:
+        headers[start] = DayHeader(headers[start].label, count, added)
+    volumes = [volume(s) for s in reversed(ordered)]
+    return Layout(
+        rows=rows,
+        headers=headers,
+        max_volume=max(volumes, default=1) or 1,
+        show_source=len({s.source for s in ordered}) > 1,
+        now=now,
+        volumes=volumes,
+    )
+
+
 class SnapshotList(LineList[Snapshot]):
     """Snapshots grouped by day; ``marked`` ids get a marker, ``protected`` show why."""
 
@@ -84,33 +131,19 @@ class SnapshotList(LineList[Snapshot]):
         keep: Snapshot | None = None,
     ) -> None:
         """Show snapshots (any order in; newest first out), grouped by local day."""
-        self.now = now
+        self.show_layout(layout(snapshots, now), protected=protected, keep=keep)
+
+    def show_layout(
+        self, lay: Layout, *, protected: dict[str, list[str]], keep: Snapshot | None = None
+    ) -> None:
+        """Show rows laid out by ``layout`` (which may run in a worker: 10,000 snapshots take
+        tens of milliseconds to sort and group, too long for the event loop)."""
+        self.now = lay.now
         self.protected = protected
-        ordered = sorted(snapshots, key=lambda s: (s.time, s.id), reverse=True)
-        rows: list[Snapshot | None] = []
-        headers: dict[int, DayHeader] = {}
-        day = None
-        start = 0
-        count = added = 0
-        for s in ordered:
-            d = local(s.time).date()
-            if d != day:
-                if day is not None:
-                    headers[start] = DayHeader(headers[start].label, count, added)
-                day = d
-                start = len(rows)
-                headers[start] = DayHeader(day_label(s.time, now), 0, 0)
-                rows.append(None)
-                count = added = 0
-            rows.append(s)
-            count += 1
-            added += s.stats.bytes_added
-        if day is not None:
-            headers[start] = DayHeader(headers[start].label, count, added)
-        self._headers = headers
-        self._max_volume = max((volume(s) for s in ordered), default=1) or 1
-        self.show_source = len({s.source for s in ordered}) > 1
-        self.set_rows(rows, keep=keep)
+        self._headers = lay.headers
+        self._max_volume = lay.max_volume
+        self.show_source = lay.show_source
+        self.set_rows(lay.rows, keep=keep)
 
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(f"snapshot-list--{name}", partial=True)

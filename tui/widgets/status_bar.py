@@ -27,13 +27,22 @@ class StatusBar(Static):
     """
 
     def on_mount(self) -> None:
-        app = cast("SnapApp", self.app)
-        self.watch(app, "watch_state", self._show, init=True)
+        from tui.app import SnapApp
+
+        if not isinstance(self.app, SnapApp):  # a screen shown alone (tests): no watch state
+            self.display = False
+            return
+        self.watch(self.app, "watch_state", self._show, init=True)
 
     def _show(self, state: WatchState | None) -> None:
         app = cast("SnapApp", self.app)
         t = Text(no_wrap=True, overflow="ellipsis")
-        if state is None or state.watching == 0:
+        if state is None and app.watch_enabled:
+            # before the first snapshot (the welcome screen): say what will happen
+            n = len(app.dirs)
+            t.append("not watching yet", style="bold")
+            t.append(f" · watching {n} dir{'s' if n != 1 else ''} starts after the first snapshot")
+        elif state is None or state.watching == 0:
             t.append("not watching", style="bold")
             if state is not None and state.note:
                 t.append(f" · {state.note}")
