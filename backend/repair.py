@@ -497,7 +497,7 @@ def repair_snapshots(
     progress = progress or NullProgress()
     clock = clock or SystemClock()
     listed = {i.name for i in repo.storage.list("data")}
-    indexed = {loc.pack for _b, loc in repo.index.items()}
+    indexed = repo.index.pack_ids()
     missing: set[str] = {p for p in indexed if p not in listed}
     rw = _Rewriter(repo, missing, save=not dry_run)
     ids = sorted(i.name for i in repo.storage.list("snapshots"))
@@ -627,7 +627,7 @@ def forget_missing_packs(repo: Repository) -> list[PackId]:
     repository are left alone (``repair index`` rewrites them). Returns the missing packs.
     """
     index = repo.index
-    indexed = {loc.pack for _b, loc in index.items()}
+    indexed = index.pack_ids()
     if not indexed:
         return []
     present = {i.name for i in repo.storage.list("data")}

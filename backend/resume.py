@@ -197,16 +197,13 @@ class ResumeJournal:
                 "created": datetime.now(UTC).isoformat(),
             }
             lines.append(json.dumps(header))
+        # The same compact JSON as json.dumps(separators=(",", ":")) gives for these fields
+        # (hex strings and integers need no escaping), several times faster per file.
         for path, st, content in done:
-            rec = {
-                "p": path.hex(),
-                "s": st.st_size,
-                "m": st.st_mtime_ns,
-                "c": st.st_ctime_ns,
-                "i": st.st_ino,
-                "b": b"".join(content).hex(),
-            }
-            lines.append(json.dumps(rec, separators=(",", ":")))
+            lines.append(
+                f'{{"p":"{path.hex()}","s":{int(st.st_size)},"m":{int(st.st_mtime_ns)},'
+                f'"c":{int(st.st_ctime_ns)},"i":{int(st.st_ino)},"b":"{b"".join(content).hex()}"}}'
+            )
         data = ("\n" if self._torn else "") + "\n".join(lines) + "\n"
         self._torn = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
