@@ -3,13 +3,16 @@ status bar, and "every binding is a command" for the command palette."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, cast
 
-from textual import on
+from textual import on, work
 from textual.binding import Binding, BindingType
+from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from tui import restoring
 from tui.messages import StoreChanged
 
 if TYPE_CHECKING:
@@ -45,3 +48,39 @@ class BackendScreen(Screen[None]):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:
             self.app.pop_screen()
+
+
+@dataclass
+class RestoreFinished(Message):
+    """A restore (or its undo) finished."""
+
+    done: restoring.RestoreDone | None
+    text: str
+
+
+class RestoringScreen(BackendScreen):
+    """A screen that restores: it keeps the last restore and undoes it (``u``) in a worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_restore: restoring.RestoreDone | None = None
+
+    def action_undo(self) -> None:
+        if self.last_restore is None:
+            self.notify("nothing to undo", severity="warning")
+            return
+        done, self.last_restore = self.last_restore, None
+        self.run_undo(done)
+
+    @work(thread=True, exclusive=True, group="restore", exit_on_error=False)
+    def run_undo(self, done: restoring.RestoreDone) -> None:
+        app = self.snap_app
+        text = restoring.undo(app.store, done, app.snapshot_options())
+        self.post_message(RestoreFinished(None, f"undone: {text}"))
+        app.store_changed()
+
+    @on(RestoreFinished)
+    def _restore_finished(self, msg: RestoreFinished) -> None:
+        if msg.done is not None:
+            self.last_restore = msg.done
+        self.notify(msg.text, timeout=6)

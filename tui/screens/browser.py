@@ -26,7 +26,7 @@ from backend.model import Entry, EntryKind, Snapshot
 from backend.snapshots import escape_path
 from tui import restoring
 from tui.formatting import human_size, local, relative_time
-from tui.screens.base import BackendScreen
+from tui.screens.base import RestoreFinished, RestoringScreen
 from tui.widgets.dialogs import ConfirmDialog, RestoreToDialog
 from tui.widgets.graph import layout as graph_layout
 from tui.widgets.linelist import LineList
@@ -142,12 +142,6 @@ class RestorePlanned(Message):
     plan: restoring.RestorePlan
 
 
-@dataclass
-class RestoreFinished(Message):
-    done: restoring.RestoreDone | None
-    text: str
-
-
 class VersionList(LineList[Version]):
     """Per-file history along the graph, newest first; the lane column shows the branch."""
 
@@ -215,7 +209,7 @@ class VersionList(LineList[Version]):
         super().set_rows(items, keep=keep)
 
 
-class BrowserScreen(BackendScreen):
+class BrowserScreen(RestoringScreen):
     """A snapshot's files."""
 
     CSS_PATH = "browser.tcss"
@@ -233,7 +227,6 @@ class BrowserScreen(BackendScreen):
         self.snapshot = snapshot
         self.start_path = path
         self.current: Node | None = None
-        self.last_restore: restoring.RestoreDone | None = None
         self._loaded: set[int] = set()
         """Ids of tree nodes whose children are loaded (or loading)."""
 
@@ -511,26 +504,6 @@ class BrowserScreen(BackendScreen):
             RestoreFinished(done, f"restored {r.files_restored} file(s) to {where} · u to undo")
         )
         app.store_changed()
-
-    def action_undo(self) -> None:
-        if self.last_restore is None:
-            self.notify("nothing to undo", severity="warning")
-            return
-        done, self.last_restore = self.last_restore, None
-        self.run_undo(done)
-
-    @work(thread=True, exclusive=True, group="browser-restore", exit_on_error=False)
-    def run_undo(self, done: restoring.RestoreDone) -> None:
-        app = self.snap_app
-        text = restoring.undo(app.store, done, app.snapshot_options())
-        self.post_message(RestoreFinished(None, f"undone: {text}"))
-        app.store_changed()
-
-    @on(RestoreFinished)
-    def finished(self, msg: RestoreFinished) -> None:
-        if msg.done is not None:
-            self.last_restore = msg.done
-        self.notify(msg.text, timeout=6)
 
 
 class _Stop(Exception):

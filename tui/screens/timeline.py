@@ -16,7 +16,7 @@ from textual.widgets import Footer, Input, Label, Static
 from backend.model import Snapshot
 from tui import restoring
 from tui.formatting import human_size, local, relative_time, spark
-from tui.screens.base import BackendScreen
+from tui.screens.base import RestoreFinished, RestoringScreen
 from tui.widgets.dialogs import ConfirmDialog, InputDialog
 from tui.widgets.linelist import LineList
 from tui.widgets.snapshot_list import Layout, SnapshotList, layout
@@ -40,14 +40,6 @@ class RestorePlanned(Message):
     """A dry run finished: ask before restoring."""
 
     plan: restoring.RestorePlan
-
-
-@dataclass
-class RestoreFinished(Message):
-    """A restore (or its undo) finished."""
-
-    done: restoring.RestoreDone | None
-    text: str
 
 
 def matches(s: Snapshot, query: str) -> bool:
@@ -74,7 +66,7 @@ def matches(s: Snapshot, query: str) -> bool:
     return True
 
 
-class TimelineScreen(BackendScreen):
+class TimelineScreen(RestoringScreen):
     """Every snapshot, newest first; the keys act on the highlighted one."""
 
     CSS_PATH = "timeline.tcss"
@@ -103,7 +95,6 @@ class TimelineScreen(BackendScreen):
         self._layout: Layout | None = None
         self._loaded = False
         self._welcomed = False
-        self.last_restore: restoring.RestoreDone | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="title-bar"):
@@ -423,26 +414,6 @@ class TimelineScreen(BackendScreen):
         )
         self.post_message(RestoreFinished(done, text))
         app.store_changed()
-
-    def action_undo(self) -> None:
-        if self.last_restore is None:
-            self.notify("nothing to undo", severity="warning")
-            return
-        done, self.last_restore = self.last_restore, None
-        self.run_undo(done)
-
-    @work(thread=True, exclusive=True, group="timeline-restore", exit_on_error=False)
-    def run_undo(self, done: restoring.RestoreDone) -> None:
-        app = self.snap_app
-        text = restoring.undo(app.store, done, app.snapshot_options())
-        self.post_message(RestoreFinished(None, f"undone: {text}"))
-        app.store_changed()
-
-    @on(RestoreFinished)
-    def restore_finished(self, msg: RestoreFinished) -> None:
-        if msg.done is not None:
-            self.last_restore = msg.done
-        self.notify(msg.text, timeout=6)
 
     # snapshot now -----------------------------------------------
 
