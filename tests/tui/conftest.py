@@ -3,7 +3,6 @@ app factory with watching off, no animation and no cursor blink (deterministic s
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,18 +20,10 @@ SNAP_SIZE = (120, 36)
 """The terminal size of every TUI test and screenshot."""
 
 
-@pytest.fixture(scope="session")
-def snapshot_tempdir() -> str | None:
-    """pytest-textual-snapshot's report directory, read before the suite-wide fixture drops
-    every TEXTUAL_* variable (session fixtures run before function ones)."""
-    return os.environ.get("TEXTUAL_SNAPSHOT_TEMPDIR")
-
-
 @pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch, snapshot_tempdir: str | None) -> Iterator[None]:
-    """Local time is UTC, so day grouping and clock times do not depend on the machine."""
-    if snapshot_tempdir is not None:
-        monkeypatch.setenv("TEXTUAL_SNAPSHOT_TEMPDIR", snapshot_tempdir)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC, so day grouping, retention buckets and clock times do not depend on
+    the machine. (tests/conftest.py keeps pytest-textual-snapshot's TEXTUAL_SNAPSHOT_TEMPDIR.)"""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     yield

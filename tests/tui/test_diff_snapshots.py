@@ -4,9 +4,6 @@ themes, UTC). Regenerate with ``pytest tests/tui/test_diff_snapshots.py --snapsh
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +15,6 @@ from tests.tui.test_diff_seed import seed_diff
 from tui.screens.diff import DiffScreen
 
 SNAP_SIZE = (120, 36)
-_SNAPSHOT_TEMPDIR = os.environ.get("TEXTUAL_SNAPSHOT_TEMPDIR")
-"""Set by pytest-textual-snapshot at session start; tests/conftest.py's isolation removes every
-TEXTUAL* variable per test, so it is put back for these tests."""
-
-
-@pytest.fixture(autouse=True)
-def snapshot_tempdir(monkeypatch: pytest.MonkeyPatch) -> None:
-    if _SNAPSHOT_TEMPDIR is not None:
-        monkeypatch.setenv("TEXTUAL_SNAPSHOT_TEMPDIR", _SNAPSHOT_TEMPDIR)
-
-
-@pytest.fixture(autouse=True)
-def utc() -> Iterator[None]:
-    """Times in UTC, whatever the machine's zone."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def _app(tmp_path: Path, theme: str) -> ScreenApp:

@@ -4,8 +4,6 @@ the calendar, running the plan after a confirmation, and cancelling a run."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,22 +19,6 @@ from tui.widgets.evict_calendar import EvictCalendar
 from tui.widgets.evict_plan import EvictPlanList
 
 SIZE = (120, 36)
-
-
-@pytest.fixture(autouse=True)
-def utc() -> Iterator[None]:
-    """Days and weeks in UTC, whatever the machine's zone (retention buckets are local)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 @pytest.fixture
