@@ -8,6 +8,9 @@ Each snapshot is one row of plain columns (not its JSON), so listing 10,000 snap
 single query and cheap object construction. The schema version includes the model's field
 names: a snapshot model with new fields rebuilds an older catalog instead of misreading it.
 
+``latest(n)`` reads only the newest rows (an index on the UTC timestamp): the TUI paints its
+first screen from them before decoding the other thousands (issue 5).
+
 ``sync`` reads the snapshot objects it has not seen in parallel (a thread pool: storage reads
 release the GIL, and on S3 each is a round trip), then inserts them in one transaction.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +51,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     message TEXT NOT NULL,
     author TEXT NOT NULL,
     trigger_ TEXT NOT NULL,
-    {", ".join(f"s_{f} NUMERIC NOT NULL" for f in _STATS_FIELDS)}
+    {", ".join(f"s_{f} NUMERIC NOT NULL" for f in _STATS_FIELDS)},
+    ts REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS snapshots_ts ON snapshots (ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = ", ".join(
@@ -56,14 +62,18 @@ _COLUMNS = ", ".join(
     + [f"s_{f}" for f in _STATS_FIELDS]
 )
 _INSERT = (
-    f"INSERT OR REPLACE INTO snapshots ({_COLUMNS}) "
-    f"VALUES ({', '.join('?' * (10 + len(_STATS_FIELDS)))})"
+    f"INSERT OR REPLACE INTO snapshots ({_COLUMNS}, ts) "
+    f"VALUES ({', '.join('?' * (11 + len(_STATS_FIELDS)))})"
 )
 
-# Version 2: one column per field. The model's field names are part of the version so that a
-# change to Snapshot or SnapshotStats rebuilds the cache rather than misreading it.
+# Version 2: one column per field. Version 3: plus ``ts`` (UTC epoch seconds, indexed) for
+# ``latest``. The model's field names are part of the version so that a change to Snapshot or
+# SnapshotStats rebuilds the cache rather than misreading it.
 _MODEL = ",".join((*(f.name for f in fields(Snapshot)), *_STATS_FIELDS))
-SCHEMA_VERSION = "2:" + hashlib.sha256(_MODEL.encode()).hexdigest()[:12]
+SCHEMA_VERSION = "3:" + hashlib.sha256(_MODEL.encode()).hexdigest()[:12]
+
+_stats_values = attrgetter(*_STATS_FIELDS)
+_by_time = attrgetter("time", "id")
 
 SYNC_THREADS = 16
 """Snapshot objects read at once by ``sync`` (local disks and S3 both gain from overlap)."""
@@ -72,7 +82,6 @@ _BATCH = 64
 
 
 def _row(s: Snapshot) -> tuple[Any, ...]:
-    stats = s.stats
     return (
         s.id,
         s.time.isoformat(),
@@ -84,12 +93,13 @@ def _row(s: Snapshot) -> tuple[Any, ...]:
         s.message,
         s.author,
         s.trigger,
-        *(getattr(stats, f) for f in _STATS_FIELDS),
+        *_stats_values(s.stats),
+        s.time.timestamp(),
     )
 
 
 def _snapshot(row: Sequence[Any]) -> Snapshot:
-    sid, time, source, host, tree, parent, tags, message, author, trigger = row[:10]
+    sid, time, source, host, tree, parent, tags, message, author, trigger, *stats = row
     return Snapshot(
         id=sid,
         time=datetime.fromisoformat(time),
@@ -101,7 +111,7 @@ def _snapshot(row: Sequence[Any]) -> Snapshot:
         message=message,
         author=author,
         trigger=trigger,
-        stats=SnapshotStats(**dict(zip(_STATS_FIELDS, row[10:], strict=True))),
+        stats=SnapshotStats(**dict(zip(_STATS_FIELDS, stats, strict=True))),
     )
 
 
@@ -162,22 +172,29 @@ class Catalog:
         self,
         repo: Repository,
         *,
-        threads: int = SYNC_THREADS,
+        threads: int | None = None,
         on_batch: Callable[[int, int], object] | None = None,
+        on_read: Callable[[list[Snapshot], set[str]], object] | None = None,
     ) -> list[Snapshot]:
         """Bring the catalog up to date with the repository; every snapshot, oldest first.
 
         Args:
             repo: the repository (the truth).
-            threads: how many snapshot objects are read at once.
+            threads: how many snapshot objects are read at once (default: ``SYNC_THREADS``).
             on_batch: called with (read so far, to read) as new snapshots arrive.
+            on_read: called with the snapshots just read (in no order) and the ids of those
+                that are gone, before the catalog is written: on a first open of 10,000 the
+                TUI paints the newest ones while the rows are still being inserted.
         """
         ids = set(repo.snapshot_ids())
         with self._lock:
             known = {r[0] for r in self._db.execute("SELECT id FROM snapshots")}
         gone = known - ids
         new = sorted(ids - known)
-        snaps = self._read(repo, new, threads, on_batch) if new else []
+        n = SYNC_THREADS if threads is None else threads
+        snaps = self._read(repo, new, n, on_batch) if new else []
+        if on_read is not None:
+            on_read(snaps, gone)
         with self._lock:
             with self._db:  # one transaction
                 if gone:
@@ -248,8 +265,29 @@ class Catalog:
                     if row[0] not in cache:
                         cache[row[0]] = _snapshot(row)
         out = [s for i in ids if (s := cache.get(i)) is not None]
-        out.sort(key=lambda s: (s.time, s.id))
+        out.sort(key=_by_time)
         return out
+
+    def latest(self, n: int) -> list[Snapshot]:
+        """The ``n`` newest cached snapshots, oldest first: one indexed query, only those rows
+        decoded (the TUI's first screen, before ``all``)."""
+        cache = self._cache
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM snapshots ORDER BY ts DESC, id DESC LIMIT ?", (n,)
+            ).fetchall()
+        out = []
+        for row in reversed(rows):
+            s = cache.get(row[0])
+            if s is None:
+                s = cache[row[0]] = _snapshot(row)
+            out.append(s)
+        return out
+
+    def count(self) -> int:
+        """How many snapshots the catalog has."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM snapshots").fetchone()[0])
 
     def close(self) -> None:
         """Close the database."""

@@ -243,6 +243,10 @@ class SnapshotConfig:
     """The zstd compression level, 1 (fastest) to 19 (smallest)."""
     threads: int = field(default=0, metadata=_checked(_integer(0)))
     """Worker threads for chunking and compression. 0: one per CPU (``os.cpu_count()``)."""
+    processes: int = field(default=-1, metadata=_checked(_integer(-1)))
+    """Worker processes that read, hash and compress small files once a snapshot is large
+    (more than a few hundred files): -1 one per CPU (none on a single CPU), 0 none (threads
+    only)."""
     exclude_caches: bool = field(default=True, metadata=_checked(_boolean()))
     """Skip directories that contain a ``CACHEDIR.TAG`` file."""
 
@@ -299,6 +303,12 @@ class WatchConfig:
     fallback_rescan_s: int = field(default=30, metadata=_checked(_integer(1)))
     """Seconds between rescans of what cannot be watched for events: directories holding
     names that are not UTF-8, or everything once the OS watch limit is reached."""
+    # issue 3 (watch memory): periodic prune while watching
+    prune_every: int = field(default=1000, metadata=_checked(_integer(0)))
+    """Prune the repository after this many watch checkpoints, between checkpoints: reclaims
+    what thinned checkpoints alone referenced and merges the small packs and index segments
+    each checkpoint writes, so a long-running watch stays flat in memory and on disk.
+    0: never."""
     retention: RetentionConfig = field(
         default_factory=RetentionConfig, metadata={"section": RetentionConfig}
     )

@@ -44,7 +44,7 @@ __all__ = ["EvictItem", "EvictPlan", "EvictResult", "execute_evict", "plan_evict
 log = logging.getLogger(__name__)
 
 NEWEST = "newest of its source"
-USAGE_CACHE = "usage-graph.v1"
+USAGE_CACHE = "usage-graph.v3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,13 @@ def usage_cache(store: Store) -> Path | None:
     """Where a store keeps the usage graph's tree structure between runs (None: nowhere)."""
     if store.cache_dir is None:
         return None
-    return Path(store.cache_dir) / store.repo.config.id / USAGE_CACHE
+    path = Path(store.cache_dir) / store.repo.config.id / USAGE_CACHE
+    for old in ("usage-graph.v1", "usage-graph.v2"):  # earlier versions' files
+        try:
+            path.with_name(old).unlink()
+        except OSError:
+            pass
+    return path
 
 
 def protected_snapshots(store: Store, snaps: list[Snapshot]) -> dict[str, list[str]]:
@@ -188,24 +194,40 @@ def plan_evict(
     if max_size is not None and max_size <= 0:
         raise UsageError("--max-size must be greater than zero")
     now = now or store.clock.now()
+    with store.meta.cached():  # HEADs, refs and notes are read once for the whole plan
+        return _plan_evict(store, max_size, max_age, now, exclude, progress, cancel)
+
+
+def _plan_evict(
+    store: Store,
+    max_size: int | None,
+    max_age: Duration | None,
+    now: datetime,
+    exclude: Collection[str],
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> EvictPlan:
     snaps = store.list_snapshots()
     if exclude:
         gone = set(exclude)
         snaps = [s for s in snaps if s.id not in gone]
-    repo = store.repo
     graph = UsageGraph.build(
-        repo, snaps, cache=usage_cache(store), progress=progress, cancel=cancel
+        store.repo, snaps, cache=usage_cache(store), progress=progress, cancel=cancel
     )
-    access = store.last_access()
+    recorded = store.meta.access_times()  # what Store.last_access says, for these snapshots
+    access = {s.id: max(recorded.get(s.id, s.time), s.time) for s in snaps}
     protected = protected_snapshots(store, snaps)
 
     storage = store.storage
     obj_size = {i.name: i.size for i in storage.list("snapshots")}
-    packs = list(storage.list("data"))
-    index_bytes = sum(i.size for i in storage.list("index"))
-    size_before = sum(i.size for i in packs) + index_bytes + sum(obj_size.values())
-    per_entry = index_bytes / max(1, len(repo.index))
-    trailers = TRAILER.size * len(packs)
+    pack_bytes = packs = 0
+    for info in storage.list("data"):
+        pack_bytes += info.size
+        packs += 1
+    index_bytes = graph.index_bytes
+    size_before = pack_bytes + index_bytes + sum(obj_size.values())
+    per_entry = index_bytes / max(1, graph.index_entries)
+    trailers = TRAILER.size * packs
 
     def projected(snapshot_bytes: int) -> int:
         return round(graph.live_bytes + trailers + per_entry * graph.live_nodes + snapshot_bytes)

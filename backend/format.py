@@ -1,6 +1,9 @@
 """Format layer: pure encode/decode of every repository object. No I/O.
 
-Objects and their layouts (all integers little-endian; version 1):
+Objects and their layouts (all integers little-endian). Each object carries its own version:
+config, trees and snapshots are at version 1, packs and index segments at version 2 (the
+repository config version says which snapdeck may open the repository at all; it stays 1
+unencrypted, 2 encrypted, whatever object versions the repository holds):
 
 Repository config (``config/config``), JSON::
 
@@ -9,18 +12,32 @@ Repository config (``config/config``), JSON::
      "compression": {"algorithm": "zstd", "level": int}, "id_key": hex32}
 
 Stored blob (inside a pack): one flag byte then the payload.
-    0x00 raw plaintext, 0x01 zstd frame of the plaintext.
+    0x00 raw plaintext, 0x01 zstd frame of the plaintext (version 1 writers),
+    0x02 zstd frame of the plaintext without its 4-byte magic number (written since pack
+    version 2: the flag already says what follows, and small blobs are the common case).
     The blob id is the keyed BLAKE3 of the plaintext; readers re-hash and compare.
 
 Pack (``data/<id>``), id = BLAKE3 of the whole pack::
 
     blob_0 … blob_n-1 | header | trailer
-    header  = n × ENTRY  (type u8, id 32B, offset u64, length u32, raw_length u32)
     trailer = header_length u32 | b"SDPK" | version u8         (9 bytes)
+    version 1 header = n × ENTRY  (type u8, id 32B, offset u64, length u32, raw_length u32)
+    version 2 header = 0x02 | zstd( TABLE )    or, when that is not smaller,  0x03 | TABLE
+
+    TABLE = n u32 | flags u8 | types n×u8 | lengths n×u32 | raw_lengths n×u32
+            | offsets n×u64 (only with flag 0x01) | ids n×32B (not with flag 0x02)
+    Without flag 0x01 the blobs tile the data from offset 0 in table order (offset i = sum of
+    the lengths before it), which the reader checks against the header's position. Columns
+    put the 32-byte ids together and the small integers together, so zstd shrinks the rest.
+    Flag 0x02 (unencrypted packs of tree blobs only): the ids are left out. The index has
+    them, and each is the keyed hash of its blob, so whoever needs the header's own account
+    (check, repair) reads the whole pack and recomputes them. Trees are small and many (one
+    per directory and version), so their ids would be most of a tree pack's header.
 
 Index segment (``index/<id>``), id = BLAKE3 of the segment::
 
-    b"SDIX" | version u8 | zstd( pack_count u32 | per pack: pack id 32B | n u32 | n × ENTRY )
+    version 1: b"SDIX" | 1 | zstd( pack_count u32 | per pack: pack id 32B | n u32 | n × ENTRY )
+    version 2: b"SDIX" | 2 | zstd( pack_count u32 | per pack: pack id 32B | TABLE )
 
 Tree blob (type TREE): msgpack ``{"v": 1, "e": [entry, …]}``, entries sorted by name bytes, each a
 list ``[name, kind, mode, uid, gid, mtime_ns, size, payload, ino, ctime_ns, nlink, extra]``:
@@ -29,19 +46,23 @@ payload is the list of blob ids (file), the subtree id (dir), the link target (s
 
 Snapshot (``snapshots/<id>``), id = BLAKE3 of the JSON bytes: see ``Snapshot`` in model.py.
 
+Readers accept every version up to the current one (repositories written by older snapdecks
+stay readable; packs and index segments of both versions may sit side by side). Tree and
+snapshot encodings are unchanged since version 1, so tree ids (and dedup) are stable.
 Any object of a newer version raises ``UnsupportedFormat``; anything malformed raises
 ``IntegrityError`` naming the object.
 
 Encrypted repositories (repository format version 2 = version 1 + encryption; see crypto.py).
-Every object keeps its version-1 encoding inside a sealed box (``nonce | ciphertext | tag``);
-an unencrypted repository is written exactly as version 1, byte for byte. Version 2 exists so
-that a snapdeck that predates encryption refuses such a repository with "upgrade snapdeck"
-instead of misreading it. The config gains ``"encryption": {"cipher": name}`` and loses
-``id_key`` (derived from the master key; so is the chunker seed, stored as 0)::
+Every object keeps its unencrypted encoding inside a sealed box (``nonce | ciphertext | tag``);
+an unencrypted repository is written exactly as described above, byte for byte. Repository
+version 2 exists so that a snapdeck that predates encryption refuses such a repository with
+"upgrade snapdeck" instead of misreading it. The config gains
+``"encryption": {"cipher": name}`` and loses ``id_key`` (derived from the master key; so is the
+chunker seed, stored as 0)::
 
     stored blob     sealed(flag + payload), associated data = the blob id
     pack            blob_0 … blob_n-1 | sealed(header) | len u32 | b"SDPE" | version u8
-    index segment   b"SDIE" | version u8 | sealed(zstd(body as in v1))
+    index segment   b"SDIE" | version u8 | sealed(zstd(body as unencrypted))
     snapshot        b"SDSE" | version u8 | sealed(JSON as in v1)
     ref (refs/…)    b"SDRE" | version u8 | sealed(JSON), associated data binds the ref's name
 
@@ -53,9 +74,11 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import msgpack
@@ -66,6 +89,12 @@ from backend.ids import BlobId, PackId
 from backend.model import Entry, EntryKind, Snapshot, SnapshotStats, Tree
 
 FORMAT_VERSION = 1
+"""Version of the repository config, tree and snapshot encodings (and sealed snapshot/ref
+envelopes)."""
+PACK_VERSION = 2
+"""Version of the pack header written now (readers accept 1 and 2)."""
+INDEX_VERSION = 2
+"""Version of the index segments written now (readers accept 1 and 2)."""
 REPO_FORMAT = "snapdeck-repository"
 ENCRYPTED_REPO_VERSION = 2
 """Repository (config) version of encrypted repositories; their objects are v1 inside."""
@@ -75,6 +104,9 @@ BLOB_TREE = 1
 
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+FLAG_ZSTD_BARE = 2
+"""A zstd frame without its magic number (``zstandard.FORMAT_ZSTD1_MAGICLESS``)."""
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 PACK_MAGIC = b"SDPK"
 INDEX_MAGIC = b"SDIX"
@@ -85,8 +117,26 @@ REF_MAGIC_SEALED = b"SDRE"
 SEAL_OVERHEAD = 28
 """nonce + tag of a sealed box (crypto.OVERHEAD; format stays free of crypto imports)."""
 ENTRY = struct.Struct("<B32sQII")
+"""One blob of a version-1 pack header or index segment."""
 TRAILER = struct.Struct("<I4sB")
 U32 = struct.Struct("<I")
+TABLE_HEAD = struct.Struct("<IB")
+"""Version-2 entry table: blob count, flags."""
+TABLE_OFFSETS = 0x01
+"""Table flag: an offsets column follows (the blobs do not tile the data in order)."""
+TABLE_NO_IDS = 0x02
+"""Table flag (pack headers of tree packs only): no ids column; each id is the keyed hash of
+its blob, recomputed from the pack when needed."""
+HEADER_V2 = 0x02
+"""First byte of a version-2 pack header holding a zstd frame of the entry table (a version-1
+header starts with a blob type, 0 or 1)."""
+HEADER_V2_RAW = 0x03
+"""First byte of a version-2 pack header holding the entry table as it is (when compressing
+would not make it smaller: a pack of one or two blobs)."""
+_TABLE_LEVEL = 3
+_HEADER_V2 = bytes([HEADER_V2])
+_HEADER_V2_RAW = bytes([HEADER_V2_RAW])
+_ID = struct.Struct("32s")
 
 
 # ---------------------------------------------------------------- repository config
@@ -204,29 +254,59 @@ def decode_config(data: bytes) -> RepoConfig:
 
 
 def encode_blob(plain: bytes | memoryview, cctx: zstandard.ZstdCompressor | None) -> bytes:
-    """Compress a blob when that saves space; returns the stored bytes (flag + payload)."""
+    """Compress a blob when that saves space; returns the stored bytes (flag + payload).
+
+    ``cctx`` is an ordinary compressor (frames with their magic number and content size); the
+    stored form drops the 4-byte magic (flag 0x02), which matters for the many small blobs
+    (trees, small files) and costs nothing to read.
+    """
     if cctx is not None and len(plain) >= 64:
         comp = cctx.compress(plain)
-        if len(comp) < len(plain) - 16:
+        if comp[:4] == ZSTD_MAGIC:
+            if len(comp) - 4 < len(plain):
+                return b"".join((b"\x02", memoryview(comp)[4:]))
+        elif len(comp) < len(plain):  # a compressor configured without magic numbers
             return b"\x01" + comp
     return b"\x00" + bytes(plain)
+
+
+_local = threading.local()
+
+
+def _bare_dctx() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor of magic-less frames (flag 0x02)."""
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "bare", None)
+    if d is None:
+        d = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+        _local.bare = d
+    return d
 
 
 def decode_blob(stored: bytes, raw_length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
     """The plaintext of a stored blob (not yet checked against its id).
 
     The decompressed size is bounded by ``raw_length`` from the index, so a damaged frame that
-    claims a huge size is an ``IntegrityError``, never a giant allocation.
+    claims a huge size is an ``IntegrityError``, never a giant allocation. ``dctx`` reads
+    ordinary frames (flag 0x01); magic-less ones use a decompressor of this module.
     """
     if not stored:
         raise IntegrityError("empty stored blob")
     flag = stored[0]
     if flag == FLAG_RAW:
         return stored[1:]
-    if flag == FLAG_ZSTD:
-        frame = stored[1:]
+    if flag in (FLAG_ZSTD, FLAG_ZSTD_BARE):
+        frame = memoryview(stored)[1:]
         try:
-            claimed = zstandard.frame_content_size(frame)
+            if flag == FLAG_ZSTD:
+                claimed = zstandard.frame_content_size(frame)
+            else:
+                dctx = _bare_dctx()
+                fp = zstandard.get_frame_parameters(frame, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+                claimed = fp.content_size
+                if claimed == zstandard.CONTENTSIZE_ERROR:
+                    raise IntegrityError("corrupt compressed blob: bad frame header")
+                if claimed == zstandard.CONTENTSIZE_UNKNOWN:
+                    claimed = -1
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"corrupt compressed blob: {exc}") from None
         if claimed >= 0 and claimed != raw_length:
@@ -277,13 +357,101 @@ Sealer = Callable[[bytes], bytes]
 """Seals (or opens) one metadata object; supplied by the repository of an encrypted repo."""
 
 
+def _encode_table(entries: Sequence[PackEntry], *, ids: bool = True) -> bytes:
+    """The version-2 entry table of blobs (see the module docstring)."""
+    n = len(entries)
+    flags = 0 if ids else TABLE_NO_IDS
+    pos = 0
+    for e in entries:
+        if e.offset != pos:
+            flags |= TABLE_OFFSETS
+            break
+        pos += e.length
+    parts = [
+        TABLE_HEAD.pack(n, flags),
+        bytes(e.type for e in entries),
+        struct.pack(f"<{n}I", *(e.length for e in entries)),
+        struct.pack(f"<{n}I", *(e.raw_length for e in entries)),
+    ]
+    if flags & TABLE_OFFSETS:
+        parts.append(struct.pack(f"<{n}Q", *(e.offset for e in entries)))
+    if ids:
+        parts.extend(e.id for e in entries)
+    return b"".join(parts)
+
+
+class _Table(NamedTuple):
+    """One parsed entry table (``ids`` None when the table leaves them out)."""
+
+    types: bytes
+    ids: list[bytes] | None
+    offsets: Iterable[int]
+    lengths: tuple[int, ...]
+    raws: tuple[int, ...]
+    end: int
+    has_offsets: bool
+
+    def rows(self, ids: Iterable[bytes] | None = None) -> list[IndexRow]:
+        # (accumulate yields one offset more than there are blobs: zip stops at the lengths)
+        use = self.ids if ids is None else ids
+        assert use is not None
+        return list(zip(self.types, use, self.offsets, self.lengths, self.raws, strict=False))
+
+
+def _decode_table(body: bytes | memoryview, pos: int, *, ids_optional: bool = False) -> _Table:
+    """Parse one entry table at ``pos``.
+
+    Without an offsets column the offsets are the running sum of the lengths from 0. A table
+    without ids (flag 0x02) is accepted only where ``ids_optional`` (pack headers).
+    """
+    try:
+        n, flags = TABLE_HEAD.unpack_from(body, pos)
+    except struct.error as exc:
+        raise IntegrityError(f"entry table truncated: {exc}") from None
+    if flags & ~(TABLE_OFFSETS | TABLE_NO_IDS) or (flags & TABLE_NO_IDS and not ids_optional):
+        raise IntegrityError(f"entry table has unknown flags {flags:#x}")
+    has_offsets = bool(flags & TABLE_OFFSETS)
+    has_ids = not flags & TABLE_NO_IDS
+    pos += TABLE_HEAD.size
+    end = pos + n * (9 + (8 if has_offsets else 0) + (32 if has_ids else 0))
+    if end > len(body):
+        raise IntegrityError("entry table truncated")
+    types = bytes(body[pos : pos + n])
+    pos += n
+    lengths = struct.unpack_from(f"<{n}I", body, pos)
+    pos += 4 * n
+    raws = struct.unpack_from(f"<{n}I", body, pos)
+    pos += 4 * n
+    offsets: Iterable[int]
+    if has_offsets:
+        offsets = struct.unpack_from(f"<{n}Q", body, pos)
+        pos += 8 * n
+    else:
+        offsets = accumulate(lengths, initial=0)
+    idl = [i for (i,) in _ID.iter_unpack(body[pos:end])] if has_ids else None
+    return _Table(types, idl, offsets, lengths, raws, end, has_offsets)
+
+
 def encode_pack_trailer(entries: Sequence[PackEntry], seal: Sealer | None = None) -> bytes:
-    """The header and trailer appended after a pack's blobs (header sealed when ``seal``)."""
-    header = b"".join(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+    """The header and trailer appended after a pack's blobs (header sealed when ``seal``).
+
+    The header of an unencrypted pack of tree blobs leaves the blob ids out: the index has
+    them, and each is the keyed hash of its blob, so ``split_pack`` can always recompute them
+    (see ``header_omits_ids``). Trees are small and many (one per directory and version), so
+    their ids are a large part of a pack header. Encrypted packs keep them: a sealed blob opens
+    only with its id.
+    """
+    ids = seal is not None or not entries or any(e.type != BLOB_TREE for e in entries)
+    table = _encode_table(entries, ids=ids)
+    frame = zstandard.ZstdCompressor(level=_TABLE_LEVEL).compress(table)
+    if len(frame) < len(table):
+        header = bytes([HEADER_V2]) + frame
+    else:  # never more than a version-1 header of the same blobs
+        header = bytes([HEADER_V2_RAW]) + table
     if seal is not None:
         header = seal(header)
-        return header + TRAILER.pack(len(header), PACK_MAGIC_SEALED, FORMAT_VERSION)
-    return header + TRAILER.pack(len(header), PACK_MAGIC, FORMAT_VERSION)
+        return header + TRAILER.pack(len(header), PACK_MAGIC_SEALED, PACK_VERSION)
+    return header + TRAILER.pack(len(header), PACK_MAGIC, PACK_VERSION)
 
 
 def read_pack_trailer(tail: bytes, pack_size: int) -> tuple[int, bool]:
@@ -293,11 +461,11 @@ def read_pack_trailer(tail: bytes, pack_size: int) -> tuple[int, bool]:
     hlen, magic, version = TRAILER.unpack(tail)
     if magic not in (PACK_MAGIC, PACK_MAGIC_SEALED):
         raise IntegrityError("not a snapdeck pack (bad magic)")
-    if version > FORMAT_VERSION:
+    if version > PACK_VERSION:
         raise UnsupportedFormat(f"pack format version {version} is newer than supported")
     sealed = magic == PACK_MAGIC_SEALED
     body = hlen - SEAL_OVERHEAD if sealed else hlen
-    if body < 0 or body % ENTRY.size or hlen + TRAILER.size > pack_size:
+    if body < 0 or (version < 2 and body % ENTRY.size) or hlen + TRAILER.size > pack_size:
         raise IntegrityError("pack header length is invalid")
     return int(hlen), sealed
 
@@ -310,20 +478,89 @@ def decode_pack_trailer(tail: bytes, pack_size: int) -> int:
     return hlen
 
 
-def decode_pack_header(header: bytes, data_size: int) -> list[PackEntry]:
-    """Parse a pack header; ``data_size`` bounds every entry."""
+def _header_table(header: bytes) -> bytes | None:
+    """The entry table of a version-2 header (None: a version-1 header)."""
+    marker = header[:1]
+    if marker == _HEADER_V2:
+        # A table is ~41 bytes per blob and zstd never shrinks the ids: 64 bytes per header
+        # byte is far beyond any real header, so damage is not a decompression bomb.
+        return decompress_bounded(header[1:], "pack header", 64 * len(header) + 1024)
+    if marker == _HEADER_V2_RAW:
+        return header[1:]
+    return None
+
+
+def header_omits_ids(header: bytes) -> bool:
+    """Whether a pack header (opened, if sealed) leaves out its blob ids: then only
+    ``split_pack`` of the whole pack, with ``hash_blob``, can list its entries. A damaged
+    header is an ``IntegrityError``."""
+    table = _header_table(header)
+    return table is not None and len(table) >= TABLE_HEAD.size and bool(table[4] & TABLE_NO_IDS)
+
+
+Recover = Callable[[int, int, int], bytes]
+"""(offset, length, raw length) of a blob in its pack → its id (reads and hashes the blob)."""
+
+
+def decode_pack_header(
+    header: bytes, data_size: int, recover: Recover | None = None
+) -> list[PackEntry]:
+    """Parse a pack header (either version); ``data_size`` (where the header starts) bounds
+    every entry. A header without ids needs ``recover`` (see ``split_pack``)."""
+    table = _header_table(header)
+    if table is not None:
+        t = _decode_table(table, 0, ids_optional=True)
+        if t.end != len(table):
+            raise IntegrityError("pack header has trailing bytes")
+        if not t.has_offsets and sum(t.lengths) != data_size:
+            raise IntegrityError("pack header does not cover the pack's blobs")
+        if t.ids is None:
+            if recover is None:
+                raise IntegrityError(
+                    "pack header leaves out the blob ids (read the whole pack to list it)"
+                )
+            t = t._replace(offsets=list(t.offsets)[: len(t.lengths)])
+            for off, ln in zip(t.offsets, t.lengths, strict=True):
+                if off + ln > data_size:
+                    raise IntegrityError("pack header entry out of bounds")
+            ids = [
+                recover(off, ln, raw)
+                for off, ln, raw in zip(t.offsets, t.lengths, t.raws, strict=True)
+            ]
+            rows = t.rows(ids)
+        else:
+            rows = t.rows()
+    else:
+        if len(header) % ENTRY.size:
+            raise IntegrityError("pack header length is invalid")
+        rows = list(ENTRY.iter_unpack(header))
     out: list[PackEntry] = []
-    for t, bid, off, ln, raw in ENTRY.iter_unpack(header):
-        if off + ln > data_size or t not in (BLOB_DATA, BLOB_TREE):
+    for t_, bid, off, ln, raw in rows:
+        if off + ln > data_size or t_ not in (BLOB_DATA, BLOB_TREE):
             raise IntegrityError("pack header entry out of bounds")
-        out.append(PackEntry(t, BlobId(bid), off, ln, raw))
+        out.append(PackEntry(t_, BlobId(bid), off, ln, raw))
     return out
 
 
-def split_pack(data: bytes, open_header: Sealer | None = None) -> list[PackEntry]:
+def _std_dctx() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "std", None)
+    if d is None:
+        d = zstandard.ZstdDecompressor()
+        _local.std = d
+    return d
+
+
+def split_pack(
+    data: bytes,
+    open_header: Sealer | None = None,
+    hash_blob: Callable[[bytes], bytes] | None = None,
+) -> list[PackEntry]:
     """Parse the header of a whole pack held in memory.
 
     ``open_header`` is given for encrypted repositories, whose packs must all be sealed.
+    ``hash_blob`` (the repository's keyed hash) recomputes the ids a tree pack's header
+    leaves out; a blob that does not decode makes the header unreadable (``IntegrityError``
+    naming its offset), since its id cannot be known.
     """
     hlen, sealed = read_pack_trailer(data[-TRAILER.size :], len(data))
     end = len(data) - TRAILER.size
@@ -336,7 +573,19 @@ def split_pack(data: bytes, open_header: Sealer | None = None) -> list[PackEntry
         )
     if open_header is not None:
         header = open_header(header)
-    return decode_pack_header(header, end - hlen)
+    recover: Recover | None = None
+    if hash_blob is not None:
+        mv = memoryview(data)
+
+        def recover(off: int, ln: int, raw: int) -> bytes:
+            try:
+                return hash_blob(decode_blob(bytes(mv[off : off + ln]), raw, _std_dctx()))
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"the blob at offset {off} cannot be read to recompute its id: {exc}"
+                ) from None
+
+    return decode_pack_header(header, end - hlen, recover)
 
 
 # ---------------------------------------------------------------- index segments
@@ -351,13 +600,12 @@ def encode_index(
     for pack_id, entries in packs:
         count += 1
         parts.append(bytes.fromhex(pack_id))
-        parts.append(U32.pack(len(entries)))
-        parts.extend(ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+        parts.append(_encode_table(entries))
     body = U32.pack(count) + b"".join(parts)
-    frame = zstandard.ZstdCompressor(level=3).compress(body)
+    frame = zstandard.ZstdCompressor(level=_TABLE_LEVEL).compress(body)
     if seal is not None:
-        return INDEX_MAGIC_SEALED + bytes([FORMAT_VERSION]) + seal(frame)
-    return INDEX_MAGIC + bytes([FORMAT_VERSION]) + frame
+        return INDEX_MAGIC_SEALED + bytes([INDEX_VERSION]) + seal(frame)
+    return INDEX_MAGIC + bytes([INDEX_VERSION]) + frame
 
 
 def decode_index(
@@ -382,8 +630,9 @@ def decode_index_rows(
     """``decode_index`` with plain tuples for entries (loading a large index fast)."""
     if len(data) < 5 or data[:4] not in (INDEX_MAGIC, INDEX_MAGIC_SEALED):
         raise IntegrityError("not a snapdeck index segment")
-    if data[4] > FORMAT_VERSION:
-        raise UnsupportedFormat(f"index format version {data[4]} is newer than supported")
+    version = data[4]
+    if version > INDEX_VERSION:
+        raise UnsupportedFormat(f"index format version {version} is newer than supported")
     frame = data[5:]
     sealed = data[:4] == INDEX_MAGIC_SEALED
     if sealed != (open_ is not None):
@@ -400,14 +649,20 @@ def decode_index_rows(
         (count,) = U32.unpack_from(body, 0)
         pos = 4
         for _ in range(count):
-            pid = PackId(body[pos : pos + 32].hex())
-            (n,) = U32.unpack_from(body, pos + 32)
-            pos += 36
-            end = pos + n * ENTRY.size
-            if end > len(body):
+            if pos + 32 > len(body):
                 raise IntegrityError("index segment truncated")
-            entries: list[IndexRow] = list(ENTRY.iter_unpack(body[pos:end]))
-            pos = end
+            pid = PackId(body[pos : pos + 32].hex())
+            if version >= 2:
+                table = _decode_table(body, pos + 32)
+                entries, pos = table.rows(), table.end
+            else:
+                (n,) = U32.unpack_from(body, pos + 32)
+                pos += 36
+                end = pos + n * ENTRY.size
+                if end > len(body):
+                    raise IntegrityError("index segment truncated")
+                entries = list(ENTRY.iter_unpack(body[pos:end]))
+                pos = end
             yield pid, entries
     except struct.error as exc:
         raise IntegrityError(f"index segment truncated: {exc}") from None

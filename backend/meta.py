@@ -10,6 +10,11 @@ refs/notes/<snapshot id>          {"tags": [...], "pinned": bool}  edited tags, 
 refs/access/<snapshot id>         {"time"}                         last access (evict)
 ```
 
+Each kind of object has its own folder, so reading the HEADs, the refs, the notes or the
+access records lists only that folder (``ObjectStorage.list`` with a prefix), however many
+access records there are. Inside ``Meta.cached()`` each of those listings is read once per
+thread (one operation, such as planning a forget, asks for the notes and HEADs several times).
+
 A note's ``tags`` replace the snapshot's own tags when present. Writers of one object are
 serialised in-process by the Store; across processes the last atomic replace wins, which is
 safe (an object is never half-written) and, for notes, rare (one object per snapshot).
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import blake3
 
@@ -85,6 +93,34 @@ class Meta:
         self.storage = storage
         self.crypto = crypto
         self._name_key = crypto.ref_name_key if crypto is not None else None
+        self._local = threading.local()  # .memo: this thread's cached reads (``cached``)
+
+    @contextmanager
+    def cached(self) -> Iterator[None]:
+        """Within the block, the calling thread reads each listing (HEADs, refs, notes, access
+        times) at most once; its own writes drop what it had read. Other threads, and calls
+        outside the block, always read the storage. Nests (the outermost block counts)."""
+        if getattr(self._local, "memo", None) is not None:
+            yield
+            return
+        self._local.memo = {}
+        try:
+            yield
+        finally:
+            self._local.memo = None
+
+    def _memo(self, key: str, read: Callable[[], Any]) -> Any:
+        memo: dict[str, Any] | None = getattr(self._local, "memo", None)
+        if memo is None:
+            return read()
+        if key not in memo:
+            memo[key] = read()
+        return memo[key]
+
+    def _changed(self) -> None:
+        memo: dict[str, Any] | None = getattr(self._local, "memo", None)
+        if memo:
+            memo.clear()
 
     # ------------------------------------------------------------ plumbing
 
@@ -105,15 +141,29 @@ class Meta:
         data = json.dumps(doc, sort_keys=True).encode()
         if self.crypto is not None:
             data = fmt.wrap_sealed(fmt.REF_MAGIC_SEALED, self.crypto.seal_ref(name, data))
+        self._changed()
         self.storage.put("refs", name, data, overwrite=True)
 
     def _delete(self, name: str) -> bool:
+        self._changed()
         existed = self.storage.exists("refs", name)
         self.storage.delete("refs", name)
         return existed
 
     def _names(self, prefix: str) -> list[str]:
-        return sorted(i.name for i in self.storage.list("refs") if i.name.startswith(prefix))
+        """The objects of one folder (``prefix`` ends in '/'), sorted; only it is listed."""
+        return sorted(i.name for i in self.storage.list("refs", prefix))
+
+    def _folder(self, prefix: str) -> list[tuple[str, dict | None]]:
+        """(name, document) of every object of one folder, sorted by name. Many objects (an
+        access record per snapshot) are read on a few threads: on S3 each is a round trip."""
+        names = self._names(prefix)
+        if len(names) <= READ_BATCH:
+            return [(n, self._get(n)) for n in names]
+        batches = [names[i : i + READ_BATCH] for i in range(0, len(names), READ_BATCH)]
+        with ThreadPoolExecutor(min(READ_THREADS, len(batches)), "refs") as pool:
+            docs = pool.map(lambda batch: [self._get(n) for n in batch], batches)
+            return list(zip(names, (d for batch in docs for d in batch), strict=True))
 
     # ------------------------------------------------------------ heads
 
@@ -132,9 +182,11 @@ class Meta:
 
     def heads(self) -> list[Head]:
         """Every recorded HEAD."""
+        return list(self._memo(HEADS, self._read_heads))
+
+    def _read_heads(self) -> list[Head]:
         out = []
-        for name in self._names(HEADS):
-            doc = self._get(name)
+        for _name, doc in self._folder(HEADS):
             if doc and all(isinstance(doc.get(k), str) for k in ("snapshot", "source", "host")):
                 out.append(Head(doc["host"], doc["source"], doc["snapshot"]))
         return out
@@ -143,9 +195,11 @@ class Meta:
 
     def refs(self) -> dict[str, str]:
         """Named refs: name → snapshot id."""
+        return dict(self._memo(NAMED, self._read_refs))
+
+    def _read_refs(self) -> dict[str, str]:
         out = {}
-        for name in self._names(NAMED):
-            doc = self._get(name)
+        for name, doc in self._folder(NAMED):
             if doc and isinstance(doc.get("snapshot"), str):
                 out[name[len(NAMED) :]] = doc["snapshot"]
         return out
@@ -170,9 +224,12 @@ class Meta:
 
     def notes(self) -> dict[str, Note]:
         """Every snapshot's note: id → Note."""
+        return dict(self._memo(NOTES, self._read_notes))
+
+    def _read_notes(self) -> dict[str, Note]:
         out = {}
-        for name in self._names(NOTES):
-            note = self._parse_note(self._get(name))
+        for name, doc in self._folder(NOTES):
+            note = self._parse_note(doc)
             if note is not None:
                 out[name[len(NOTES) :]] = note
         return out
@@ -206,9 +263,11 @@ class Meta:
 
     def access_times(self) -> dict[str, datetime]:
         """Recorded last-access times: id → time."""
+        return dict(self._memo(ACCESS, self._read_access_times))
+
+    def _read_access_times(self) -> dict[str, datetime]:
         out = {}
-        for name in self._names(ACCESS):
-            doc = self._get(name)
+        for name, doc in self._folder(ACCESS):
             try:
                 out[name[len(ACCESS) :]] = datetime.fromisoformat(str(doc["time"]))  # type: ignore[index]
             except (TypeError, KeyError, ValueError):
@@ -227,21 +286,27 @@ class Meta:
     # ------------------------------------------------------------ bulk (issue 4)
 
     def forget_many(self, snapshots: Iterable[str]) -> int:
-        """Drop the notes and access records of many removed snapshots: one listing, then
-        only the objects that exist, deleted in parallel. Returns how many were deleted."""
+        """Drop the notes and access records of many removed snapshots: one listing of each
+        folder, then only the objects that exist, deleted in parallel. Returns how many were
+        deleted."""
         wanted = set(snapshots)
         names = [
             i.name
-            for i in self.storage.list("refs")
-            if (i.name.startswith(NOTES) and i.name[len(NOTES) :] in wanted)
-            or (i.name.startswith(ACCESS) and i.name[len(ACCESS) :] in wanted)
+            for folder in (NOTES, ACCESS)
+            for i in self.storage.list("refs", folder)
+            if i.name[len(folder) :] in wanted
         ]
+        self._changed()
         delete_objects(self.storage, "refs", names)
         return len(names)
 
 
 DELETE_THREADS = 8
 """Parallel deletes (each local delete waits for a directory fsync)."""
+READ_THREADS = 8
+"""Threads reading the objects of a large folder (``Meta._folder``)."""
+READ_BATCH = 64
+"""Objects one of those threads reads in a row (and the most read without threads)."""
 
 
 def delete_objects(
@@ -251,7 +316,12 @@ def delete_objects(
     done: Callable[[int], None] | None = None,
 ) -> None:
     """Delete objects in parallel; returns only when every delete finished, and raises the
-    first failure (the others still ran)."""
+    first failure (the others still ran). ``done`` (thread-safe, like ``Progress.advance``)
+    is called once per object deleted, from the deleting threads.
+
+    ``DELETE_THREADS`` threads each take the next name until none is left: as many deletes
+    (and directory fsyncs) in flight as with one task per name, without a future each.
+    """
     if not names:
         return
     if len(names) == 1:
@@ -259,14 +329,27 @@ def delete_objects(
         if done is not None:
             done(1)
         return
-    with ThreadPoolExecutor(min(DELETE_THREADS, len(names))) as pool:
-        futures = [pool.submit(storage.delete, kind, n) for n in names]
-        first: BaseException | None = None
-        for f in futures:
-            exc = f.exception()
-            if exc is not None:
-                first = first or exc
-            elif done is not None:
+    todo = iter(names)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                name = next(todo, None)
+            if name is None:
+                return
+            try:
+                storage.delete(kind, name)
+            except BaseException as exc:  # re-raised below, after the others ran
+                with lock:
+                    failures.append(exc)
+                continue
+            if done is not None:
                 done(1)
-        if first is not None:
-            raise first
+
+    with ThreadPoolExecutor(min(DELETE_THREADS, len(names)), "delete") as pool:
+        for f in [pool.submit(work) for _ in range(min(DELETE_THREADS, len(names)))]:
+            f.result()
+    if failures:
+        raise failures[0]

@@ -46,12 +46,15 @@ from backend.index import ChunkIndex, Location
 from backend.model import Snapshot, Tree
 from backend.packs import FinishedPack, PackWriter
 from backend.storage.base import ObjectStorage
+from backend.uploader import PackUploader
 
 log = logging.getLogger(__name__)
 
 PACK_TARGET = 16 * 1024 * 1024
 TREE_PACK_TARGET = 4 * 1024 * 1024
 INDEX_EVERY_PACKS = 8
+UPLOAD_EXTRA_SLOTS = 0
+"""Finished packs that may wait for a free upload thread (beyond one per thread)."""
 TREE_CACHE_ENTRIES = 50_000
 
 
@@ -103,6 +106,8 @@ class Repository:
         self._tree_cache_entries = 0
         self._local = threading.local()
         self.packs_written = 0
+        self._uploads = _new_uploader(storage)  # issue 7: see "pack uploads" below
+        self._index_write_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -309,31 +314,83 @@ class Repository:
             if blob_id in index or blob_id in self._reserved:
                 return PutResult(False, 0)
             self._reserved.add(blob_id)
-        stored = fmt.encode_blob(plain, self._cctx())
+        return self._add_stored(blob_type, blob_id, fmt.encode_blob(plain, self._cctx()), len(plain))
+
+    def pack_header_sealer(self) -> fmt.Sealer | None:
+        """How pack headers are sealed (encrypted repositories), for writers elsewhere."""
+        return self._seal_pack_header if self.crypto is not None else None
+
+    def claim_blob(self, blob_id: BlobId) -> bool:
+        """Claim a new blob that a worker process is packing itself (see ``adopt_pack``);
+        False when it is stored or claimed already. Thread-safe."""
+        index = self.index
+        with self._lock:
+            if blob_id in index or blob_id in self._reserved:
+                return False
+            self._reserved.add(blob_id)
+            return True
+
+    def put_claimed_blob(
+        self, blob_type: int, blob_id: BlobId, stored: bytes, raw_length: int
+    ) -> PutResult:
+        """Pack a blob claimed with ``claim_blob``, encoded by ``format.encode_blob`` (in a
+        worker process that hashed the plaintext it compressed). Thread-safe."""
+        return self._add_stored(blob_type, blob_id, stored, raw_length)
+
+    def release_blobs(self, blob_ids: Iterable[bytes]) -> None:
+        """Give up claims whose pack will never be adopted (its worker failed)."""
+        with self._lock:
+            for b in blob_ids:
+                self._reserved.discard(b)
+
+    def adopt_pack(self, pack_id: PackId, entries: Sequence[PackEntry]) -> None:
+        """Index a pack that a worker process has already stored, durably, under ``pack_id``
+        (its blobs were claimed with ``claim_blob``). The next index segment names it."""
+        entries = tuple(entries)
+        with self._lock:
+            assert self._index is not None
+            self._index.add_pack(pack_id, entries)
+            self._unindexed.append((pack_id, entries))
+            for e in entries:
+                self._reserved.discard(e.id)
+            self.packs_written += 1
+            write_index = len(self._unindexed) >= INDEX_EVERY_PACKS
+        if write_index:
+            self._write_index()
+
+    def _add_stored(
+        self, blob_type: int, blob_id: BlobId, stored: bytes, raw_length: int
+    ) -> PutResult:
         if self.crypto is not None:
             stored = self.crypto.seal_blob(blob_id, stored)
         writer = self._tree_writer if blob_type == BLOB_TREE else self._data_writer
-        done = writer.add(blob_type, blob_id, stored, len(plain))
+        done = writer.add(blob_type, blob_id, stored, raw_length)
         if done is not None:
             self._write_pack(done)
         return PutResult(True, len(stored))
+
+    # ------------------------------------------------------------ pack uploads (issue 7)
+    # Finished packs are stored by background threads (backend/uploader.py): the thread that
+    # filled a pack goes back to reading and compressing at once. Until a pack is stored and
+    # indexed, its blobs stay in ``_inflight`` (readers find them there) and ``_reserved``
+    # (writers dedup against them). At most the storage's ``upload_threads`` packs (plus
+    # ``UPLOAD_EXTRA_SLOTS``) are in flight: a producer waits for a free slot, so memory
+    # stays bounded. A failed upload un-reserves its blobs and its error is raised by the next
+    # finished pack and by ``flush``, which waits for every upload before it writes the index:
+    # the order packs → index → snapshot holds, and a failed pack never reaches either.
 
     def _write_pack(self, pack: FinishedPack) -> None:
         with self._lock:
             for i, e in enumerate(pack.entries):
                 self._inflight[e.id] = (pack, i)
+        self._uploads.submit(lambda: self._store_pack(pack), lambda: self._drop_pack(pack))
+
+    def _store_pack(self, pack: FinishedPack) -> None:
+        """Upload one pack, then index it in memory (an upload thread, or inline)."""
         try:
             self.storage.put("data", pack.id, pack.parts)
         except ObjectExists:
             pass  # identical content under the same name: already there
-        except BaseException:
-            # The pack is not stored: its blobs must not count as stored, or a later snapshot
-            # in this process would reference blobs that exist nowhere.
-            with self._lock:
-                for e in pack.entries:
-                    self._inflight.pop(e.id, None)
-                    self._reserved.discard(e.id)
-            raise
         with self._lock:
             assert self._index is not None
             self._index.add_pack(pack.id, pack.entries)
@@ -346,33 +403,58 @@ class Repository:
         if write_index:
             self._write_index()
 
+    def _drop_pack(self, pack: FinishedPack) -> None:
+        """The pack is not stored: its blobs must not count as stored, or a later snapshot in
+        this process would reference blobs that exist nowhere."""
+        with self._lock:
+            for e in pack.entries:
+                self._inflight.pop(e.id, None)
+                self._reserved.discard(e.id)
+
     def _write_index(self) -> None:
-        with self._lock:
-            packs, self._unindexed = self._unindexed, []
-        if not packs:
-            return
-        data = fmt.encode_index(packs, self._seal_index if self.crypto is not None else None)
-        name = object_name(data)
-        try:
-            self.storage.put("index", name, data)
-        except ObjectExists:
-            pass
-        except BaseException:
-            # Not indexed yet: keep them queued so the next flush writes an index naming them
-            # before any snapshot can reference their blobs.
+        # One segment write at a time: a flush that finds nothing left to index must not
+        # return while an upload thread is still writing the segment that names its packs.
+        with self._index_write_lock:
             with self._lock:
-                self._unindexed = packs + self._unindexed
-            raise
-        with self._lock:
-            self._loaded_segments.add(name)
+                packs, self._unindexed = self._unindexed, []
+            if not packs:
+                return
+            data = fmt.encode_index(packs, self._seal_index if self.crypto is not None else None)
+            name = object_name(data)
+            try:
+                self.storage.put("index", name, data)
+            except ObjectExists:
+                pass
+            except BaseException:
+                # Not indexed yet: keep them queued so the next flush writes an index naming
+                # them before any snapshot can reference their blobs.
+                with self._lock:
+                    self._unindexed = packs + self._unindexed
+                raise
+            with self._lock:
+                self._loaded_segments.add(name)
+
+    @property
+    def uploads_in_flight(self) -> int:
+        """Packs handed to the uploader and not yet stored (for tests and progress)."""
+        return self._uploads.in_flight
 
     def flush(self) -> None:
-        """Write every buffered blob to a pack and index it (packs first, then the index)."""
-        for writer in (self._data_writer, self._tree_writer):
-            done = writer.finish()
-            if done is not None:
-                self._write_pack(done)
+        """Write every buffered blob to a pack and index it (packs first, then the index).
+
+        Waits for every pack upload started before it; raises the first upload error (the
+        index is then not written for the packs that failed).
+        """
+        try:
+            for writer in (self._data_writer, self._tree_writer):
+                done = writer.finish()
+                if done is not None:
+                    self._write_pack(done)
+        finally:
+            self._uploads.wait()  # raises (and clears) the first upload error
         self._write_index()
+
+    # ------------------------------------------------------------ end of pack uploads
 
     def save_tree(self, tree: Tree) -> tuple[BlobId, PutResult]:
         """Store a tree blob; returns its id."""
@@ -542,11 +624,15 @@ class Repository:
         return self.crypto.open(box, cr.AD_SNAPSHOT, what)
 
     def pack_entries(self, data: bytes) -> list[PackEntry]:
-        """The header entries of a whole pack in memory (sealed headers opened)."""
-        return fmt.split_pack(data, self._open_pack_header if self.crypto is not None else None)
+        """The header entries of a whole pack in memory (sealed headers opened; blob ids a
+        tree pack's header leaves out are recomputed from its blobs)."""
+        return fmt.split_pack(
+            data, self._open_pack_header if self.crypto is not None else None, self.hash_blob
+        )
 
     def read_pack_header(self, pack_id: PackId, size: int | None = None) -> list[PackEntry]:
-        """A stored pack's header entries, read from its end (two range reads).
+        """A stored pack's header entries, read from its end (two range reads; the whole pack
+        when its header leaves the blob ids out, see ``format.header_omits_ids``).
 
         Raises ``IntegrityError`` for a damaged, truncated or (encrypted) unauthentic header.
         """
@@ -567,6 +653,8 @@ class Repository:
         if sealed:
             header = self._open_pack_header(header)
         try:
+            if fmt.header_omits_ids(header):  # a tree pack: its ids come from its blobs
+                return self.pack_entries(self.storage.get("data", pack_id))
             return fmt.decode_pack_header(header, start)
         except IntegrityError as exc:
             raise IntegrityError(f"pack {pack_id[:12]}: {exc}") from None
@@ -616,6 +704,12 @@ def unlock(
         if master is not None:
             return cr.Crypto(master, cfg.id, cfg.cipher), name
     raise WrongPassword(f"wrong password for the encrypted repository at {where}")
+
+
+def _new_uploader(storage: ObjectStorage) -> PackUploader:
+    """Upload threads and slots as the storage asks (``upload_threads``; default 1)."""
+    threads = int(getattr(storage, "upload_threads", 1))
+    return PackUploader(threads, threads + UPLOAD_EXTRA_SLOTS, name="pack-upload")
 
 
 def default_threads() -> int:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -43,11 +44,14 @@ from backend.chunking import chunk_fd
 from backend.clock import Clock, SystemClock
 from backend.errors import IntegrityError, SourceError
 from backend.format import BLOB_DATA, decode_tree_rows, encode_tree, entry_from_row
-from backend.ids import BlobId
+from backend.ids import BlobId, PackId
 from backend.model import Entry, EntryKind, Problem, Snapshot, SnapshotResult, SnapshotStats, Tree
 from backend.progress import NullProgress, Progress, check_cancel
-from backend.repository import PutResult, Repository, default_threads
+from backend.repository import PACK_TARGET, PutResult, Repository, default_threads
 from backend.resume import ResumeEntry, ResumeJournal
+from backend.storage.local import LocalStorage
+from backend.workers import FileResult, PackDone, WorkerPool, WorkerSetup
+from backend.workers import read_xattrs as _xattrs
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +62,16 @@ MAX_PREFETCH = 128
 """Directory listings (lstat results included) read ahead at most: ~100 KiB each for a
 directory of 100 files, so this bounds their memory; 4 scan threads need far fewer queued."""
 BIG_FILE = 4 * 1024 * 1024
+HUGE_FILE = 64 * 1024 * 1024
+"""Files this large are read in this process, their chunks compressed by every thread; below
+it, when worker processes are used, a large file is one worker's (it keeps the parent's
+memory free of file data)."""
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
 RESUME_EVERY_S = 10.0
+PROC_MIN_FILES = 512
+"""Small files a run queues before it forks worker processes (smaller runs stay in threads:
+a watch checkpoint of a few files must not pay for a fork)."""
 """How often a run with a resume journal makes its progress durable (drain, flush, journal)."""
 
 DirtyTree = dict[bytes, "DirtyTree | None"]
@@ -82,6 +93,8 @@ class SnapshotOptions:
     exclude_inodes: frozenset[tuple[int, int]] = frozenset()
     """(st_dev, st_ino) of directories never to enter (the repository, the cache)."""
     threads: int = 0
+    processes: int = -1
+    """Worker processes for small files: -1 one per core once a run is large, 0 none."""
     host: str = ""
     author: str = ""
 
@@ -357,22 +370,6 @@ def _kind_of(mode: int) -> EntryKind | None:
     return None
 
 
-def _xattrs(path: bytes) -> dict[str, Any] | None:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return None
-    if not names:
-        return None
-    out: dict[bytes, bytes] = {}
-    for n in names:
-        try:
-            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(path, n, follow_symlinks=False)
-        except OSError:
-            continue
-    return {"xattrs": dict(sorted(out.items()))} if out else None
-
-
 class SnapshotRun:
     """One snapshot run. Use ``create_snapshot``."""
 
@@ -430,6 +427,16 @@ class SnapshotRun:
         self._tree_pre: dict[bytes, Future[bytes]] = {}
         """Parent subtrees being read ahead on the scan pool (full scans)."""
         self._indexed: Callable[[bytes], bool] | None = None
+        nprocs = options.processes
+        self._nprocs = (os.cpu_count() or 1) if nprocs < 0 else nprocs
+        if self._nprocs < 2 and nprocs < 0:
+            self._nprocs = 0  # one core: a worker process would only add copying
+        self._wpool: WorkerPool | None = None
+        self._small_files = 0
+        self._unadopted: set[bytes] = set()
+        """Blobs claimed for workers that have not stored them yet (released if the run
+        fails: those packs will never be written)."""
+        self._dry_claimed: set[bytes] = set()
         """``blob in index`` without the property and method calls (``_same_file``)."""
 
     # -------------------------------------------------------------- files (worker threads)
@@ -531,10 +538,18 @@ class SnapshotRun:
                     if pending:
                         self.save_resume()
             self._drain(block=True, final=True)
+            if self._wpool is not None:
+                self._wpool.finish(self._ingest_packs)  # their last packs, before the index
             assert root.tree_id is not None
             return root.tree_id
         finally:
             self.scan_pool.shutdown(wait=True, cancel_futures=True)
+            if self._wpool is not None:
+                self._wpool.close()
+                self._wpool, self._nprocs = None, 0  # an interrupted run's resume: no workers
+                if self._unadopted:  # the run failed: those packs will never be written
+                    self.repo.release_blobs(self._unadopted)
+                    self._unadopted.clear()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.cpool.shutdown(wait=True, cancel_futures=True)
 
@@ -552,6 +567,8 @@ class SnapshotRun:
         if self.journal is None:
             return
         done, self._done = self._done, []
+        if self._wpool is not None:
+            self._wpool.finish(self._ingest_packs)
         self.repo.flush()
         # _DoneStat has the four stat fields the journal reads (size, mtime, ctime, inode).
         self.journal.append(cast(list[tuple[bytes, os.stat_result, tuple[BlobId, ...]]], done))
@@ -921,7 +938,7 @@ class SnapshotRun:
                 return False
         slot = _Slot(_entry_from_stat(name, st, EntryKind.FILE, extra), is_new=is_new)
         self.inflight += 1
-        if st.st_size >= BIG_FILE:
+        if st.st_size >= BIG_FILE and (self._nprocs <= 0 or st.st_size >= HUGE_FILE):
             slot.future = self.pool.submit(self._read_file, full, st)
             if self.journal is not None:
                 self._track(slot.future)
@@ -948,12 +965,115 @@ class SnapshotRun:
     def _flush_batch(self) -> None:
         if not self._batch:
             return
-        fut = self.pool.submit(self._read_batch, self._batch)
+        if self._use_procs(len(self._batch)):
+            assert self._wpool is not None
+            batch = self._batch
+            items = [(full, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for full, st in batch]
+            fut = self._wpool.submit(items, partial(self._ingest, batch))
+        else:
+            fut = self.pool.submit(self._read_batch, self._batch)
         if self.journal is not None:
             self._track(fut)
         for slot in self._batch_slots:
             slot.future = fut
         self._batch, self._batch_slots, self._batch_bytes = [], [], 0
+
+    # -------------------------------------------------------------- worker processes
+
+    def _use_procs(self, n: int) -> bool:
+        """Whether this batch goes to worker processes (forked on first need)."""
+        if self._wpool is not None:
+            return True
+        if self._nprocs <= 0:
+            return False
+        self._small_files += n
+        if self._small_files < PROC_MIN_FILES:
+            return False
+        repo = self.repo
+        index = repo.index  # loaded before the fork: the workers inherit it
+        # Workers write their own packs to a local directory (plain files: fork-safe); other
+        # storages (S3 clients hold threads) get the encoded blobs back through the parent.
+        own = isinstance(repo.storage, LocalStorage) and not self.sink.dry_run
+        crypto = repo.crypto
+        setup = WorkerSetup(
+            id_key=repo.id_key,
+            params=self.params,
+            level=repo.config.compression_level,
+            known=index.__contains__,
+            compress=not self.sink.dry_run,
+            storage=repo.storage if own else None,
+            pack_target=PACK_TARGET,
+            seal_blob=crypto.seal_blob if own and crypto is not None else None,
+            seal_header=repo.pack_header_sealer() if own else None,
+        )
+        try:
+            self._wpool = WorkerPool(self._nprocs, setup, self._claim)
+        except (OSError, ValueError) as exc:  # no fork here, or out of processes: use threads
+            log.info("worker processes unavailable (%s): reading in threads", exc)
+            self._nprocs = 0
+            return False
+        return True
+
+    def _claim(self, ids: list[bytes]) -> bytes:
+        """A worker's candidate new blobs: claim each one nobody stored or claimed yet (in a
+        worker's feeder thread)."""
+        answer = bytearray(len(ids))
+        if self.sink.dry_run:
+            has, dry = self.repo.has_blob, self._dry_claimed
+            for i, b in enumerate(ids):
+                if b not in dry and not has(BlobId(b)):
+                    dry.add(b)
+                    answer[i] = 1
+            return bytes(answer)
+        claim, unadopted = self.repo.claim_blob, self._unadopted
+        for i, b in enumerate(ids):
+            if claim(BlobId(b)):
+                unadopted.add(b)
+                answer[i] = 1
+        return bytes(answer)
+
+    def _ingest(
+        self,
+        batch: list[tuple[bytes, os.stat_result]],
+        results: list[FileResult],
+        packs: list[PackDone],
+    ) -> list[_FileOut]:
+        """A worker's reply (in its feeder thread, in order): pack the new blobs it sent back
+        (or adopt the packs it wrote), and make the files' results."""
+        repo = self.repo
+        dry = self.sink.dry_run
+        unadopted = self._unadopted
+        journal = self.journal is not None
+        out: list[_FileOut] = []
+        for (full, st0), r in zip(batch, results, strict=True):
+            fo = _FileOut(st=r.st or st0, extra=r.extra, bytes_read=r.bytes_read)
+            if r.error is not None:
+                fo.error = r.error
+                out.append(fo)
+                continue
+            for bid, stored, slen, n in r.new:  # every one claimed for this file
+                fo.bytes_added += n
+                if dry:
+                    continue
+                if stored is not None:
+                    slen = repo.put_claimed_blob(BLOB_DATA, BlobId(bid), stored, n).stored_length
+                    unadopted.discard(bid)  # packed here: the parent's flush writes it
+                fo.bytes_stored += slen
+            fo.content = cast(tuple[BlobId, ...], r.content)
+            fo.unstable = r.unstable
+            if journal and not r.unstable and r.st is not None:
+                a = r.st
+                self._done.append(
+                    (full, _DoneStat(a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino), fo.content)
+                )
+            out.append(fo)
+        self._ingest_packs([], packs)
+        return out
+
+    def _ingest_packs(self, _results: list[FileResult], packs: list[PackDone]) -> None:
+        for pack_id, entries in packs:
+            self.repo.adopt_pack(PackId(pack_id), entries)
+            self._unadopted.difference_update(e.id for e in entries)
 
     def _read_batch(self, batch: list[tuple[bytes, os.stat_result]]) -> list[_FileOut]:
         out = []

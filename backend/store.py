@@ -17,14 +17,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta  # issue 3: timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from backend.catalog import Catalog
-from backend.check import CheckResult, check_repository  # issue 6
 from backend.clock import Clock, SystemClock
 from backend.config import S3Config  # issue 7
 from backend.crypto import DEFAULT_CIPHER
-from backend.diff import TextDiff, diff_trees, unified_text_diff
 from backend.errors import (
     AmbiguousReference,
     Cancelled,
@@ -39,14 +37,6 @@ from backend.errors import (
 from backend.evict import EvictPlan, EvictResult, plan_evict, usage_cache  # issue 4
 from backend.forget import ForgetPlan, plan_forget, plan_forget_ids  # issue 4
 from backend.format import BLOB_DATA, ChunkerParams
-from backend.history import (  # issue 3
-    MARKER_LEASE_S,
-    RestoreInProgress,
-    marker_doc,
-    marker_is_fresh,
-    remove_tracked,
-    restoring_name,
-)
 from backend.ids import BlobId
 from backend.keys import KdfParams, PasswordSource
 from backend.locking import RepositoryLock, acquire_lock, break_locks, list_locks
@@ -69,28 +59,20 @@ from backend.prune import (  # issue 4
     execute_prune,
     plan_prune,
 )
-from backend.repair import (  # issue 6
-    RepairResult,
-    forget_missing_packs,
-    repair_index,
-    repair_packs,
-    repair_snapshots,
-)
 from backend.repository import Repository
-from backend.restore import iter_file, restore_tree, restore_zip, split_path, walk_to
-from backend.resume import ResumeJournal  # issue 3
 from backend.retention import RetentionPolicy  # issue 4
-from backend.snapshots import (
-    CheckpointResult,  # issue 3
-    SnapshotOptions,
-    build_snapshot,  # issue 3
-    create_snapshot,
-    escape_path,
-    scan_live_tree,
-)
 from backend.storage import ObjectStorage, open_storage
 from backend.units import Duration as UnitsDuration  # issue 4
 from backend.usage import SnapshotUsage, UsageGraph, snapshot_usage  # issue 4
+
+if TYPE_CHECKING:
+    # Imported where they are used (issue 4: start-up time): a command that never snapshots,
+    # checks, diffs or restores does not load the modules of those operations.
+    from backend.check import CheckResult  # issue 6
+    from backend.diff import TextDiff
+    from backend.repair import RepairResult  # issue 6
+    from backend.resume import ResumeJournal  # issue 3
+    from backend.snapshots import CheckpointResult, SnapshotOptions  # issue 3
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +291,8 @@ class Store:
         return self._by_id(sid)
 
     def _resolve_base(self, ref: str, source: str | None) -> Snapshot:
+        from backend.snapshots import escape_path
+
         named = self.meta.ref(ref)
         if named is not None:
             return self._by_id(named)
@@ -451,6 +435,8 @@ class Store:
         parent: Snapshot | str | None = "auto",
     ) -> SnapshotResult:
         """Snapshot a directory (under a shared lock); its HEAD moves to the new snapshot."""
+        from backend.snapshots import SnapshotOptions, create_snapshot
+
         src = os.path.abspath(path)
         opts = self._exclude_own_dirs(options or SnapshotOptions())  # issue 3: helper below
         # issue 3+6: shared lock, a lost lock aborts (StoreLocked), vanished packs forgotten
@@ -504,12 +490,16 @@ class Store:
 
     def entry(self, snap: Snapshot, path: str | bytes) -> Entry | None:
         """The entry at ``path`` (None for the root)."""
+        from backend.restore import split_path, walk_to
+
         return walk_to(self.repo.load_tree, self._root(snap), split_path(path))
 
     def ls(
         self, snap: Snapshot, path: str | bytes = "", *, recursive: bool = False
     ) -> Iterator[tuple[bytes, Entry]]:
         """(path, entry) for the entries in a directory of a snapshot."""
+        from backend.restore import split_path, walk_to
+
         parts = split_path(path)
         self.touch(snap)
         e = walk_to(self.repo.load_tree, self._root(snap), parts)
@@ -529,6 +519,9 @@ class Store:
 
     def read_file(self, snap: Snapshot, path: str | bytes) -> Iterator[bytes]:
         """The verified content of a file in a snapshot."""
+        from backend.restore import iter_file
+        from backend.snapshots import escape_path
+
         e = self.entry(snap, path)
         if e is None or e.kind is not EntryKind.FILE:
             raise PathNotFound(
@@ -546,6 +539,10 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> DiffResult:
         """Changes from snapshot ``a`` to ``b``, or to the live directory when ``b`` is None."""
+        from backend.diff import diff_trees
+        from backend.restore import split_path
+        from backend.snapshots import scan_live_tree
+
         parts = split_path(path)
         self.touch(a)
         if b is not None:
@@ -580,6 +577,8 @@ class Store:
 
     @staticmethod
     def _subtree(load: Any, root: BlobId, parts: list[bytes]) -> BlobId | None:
+        from backend.restore import walk_to
+
         if not parts:
             return root
         try:
@@ -592,6 +591,9 @@ class Store:
 
     def file_diff(self, a: Snapshot, b: Snapshot | None, path: str | bytes) -> TextDiff:
         """A unified diff of one file between two snapshots (``b`` None: the live file)."""
+        from backend.diff import unified_text_diff
+        from backend.snapshots import escape_path
+
         bpath = os.fsencode(path) if isinstance(path, str) else path
         before = self._content_or_empty(a, bpath)
         if b is None:
@@ -606,6 +608,8 @@ class Store:
         return unified_text_diff(escape_path(bpath), before, after)
 
     def _content_or_empty(self, snap: Snapshot, path: bytes) -> bytes:
+        from backend.restore import iter_file
+
         try:
             e = self.entry(snap, path)
         except PathNotFound:
@@ -630,6 +634,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RestoreResult:
         """Restore a snapshot into a directory (under a shared lock)."""
+        from backend.restore import restore_tree
+
         if not dry_run:
             self.touch(snap)
         ctx: AbstractContextManager[Any] = (
@@ -659,6 +665,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RestoreResult:
         """Write a snapshot as a ZIP archive."""
+        from backend.restore import restore_zip
+
         self.touch(snap)
         with self.lock(exclusive=False, operation="restore"):
             return restore_zip(
@@ -717,19 +725,21 @@ class Store:
         allow_empty: bool = False,
     ) -> ForgetPlan:
         """Which snapshots ``policy`` keeps (with reasons) and removes; nothing changes."""
-        snaps = self.list_snapshots(source=source, tags=tags, host=host)
-        return plan_forget(
-            snaps,
-            policy,
-            protection=self.protection(),
-            group_by=group_by,
-            allow_empty=allow_empty,
-            now=self.clock.now(),
-        )
+        with self.meta.cached():  # the notes are read once (for tags and for pins)
+            snaps = self.list_snapshots(source=source, tags=tags, host=host)
+            return plan_forget(
+                snaps,
+                policy,
+                protection=self.protection(),
+                group_by=group_by,
+                allow_empty=allow_empty,
+                now=self.clock.now(),
+            )
 
     def plan_forget_ids(self, refs: Sequence[str]) -> ForgetPlan:
         """A plan removing exactly the named snapshots (UsageError if one is protected)."""
-        return plan_forget_ids([self.resolve(r) for r in refs], self.protection())
+        with self.meta.cached():
+            return plan_forget_ids([self.resolve(r) for r in refs], self.protection())
 
     def usage(
         self, *, progress: Progress | None = None, cancel: threading.Event | None = None
@@ -912,6 +922,8 @@ class Store:
 
     def _exclude_own_dirs(self, opts: SnapshotOptions) -> SnapshotOptions:
         """``opts`` with the repository, catalog and resume directories never entered."""
+        from backend.snapshots import SnapshotOptions
+
         excl = set(opts.exclude_inodes)
         dirs = [self.storage.location]
         if self.catalog.path is not None:
@@ -928,6 +940,8 @@ class Store:
 
     def resume_journal(self, source: str, host: str | None = None) -> ResumeJournal | None:
         """The resume journal of ``source`` (None without a cache directory)."""
+        from backend.resume import ResumeJournal
+
         if self.cache_dir is None:
             return None
         return ResumeJournal.for_source(
@@ -970,6 +984,8 @@ class Store:
             RestoreInProgress: an in-place restore of the source is running (checked before
                 the scan and again before saving, so a half-restored tree is never saved).
         """
+        from backend.snapshots import CheckpointResult, SnapshotOptions, build_snapshot
+
         started = time.monotonic()
         src = os.path.abspath(path)
         opts = self._exclude_own_dirs(options or SnapshotOptions())
@@ -1006,6 +1022,8 @@ class Store:
         return CheckpointResult(saved, saved, problems, round(time.monotonic() - started, 4))
 
     def _trees_differ(self, a_hex: str, b_hex: str) -> bool:
+        from backend.diff import diff_trees
+
         if a_hex == b_hex:
             return False
         load = self.repo.load_tree
@@ -1018,11 +1036,16 @@ class Store:
 
     def restoring(self, source: str, host: str | None = None) -> dict[str, Any] | None:
         """The restore marker of ``source`` while an in-place restore runs (else None)."""
+        from backend.history import marker_is_fresh, restoring_name
+
         host = host or socket.gethostname()
         doc = self.meta._get(restoring_name(host, os.path.abspath(source), self.meta._name_key))
         return doc if marker_is_fresh(doc, self.clock.now(), socket.gethostname()) else None
 
     def _hold_off_if_restoring(self, src: str, host: str) -> None:
+        from backend.history import RestoreInProgress
+        from backend.snapshots import escape_path
+
         doc = self.restoring(src, host)
         if doc is not None:
             raise RestoreInProgress(
@@ -1036,6 +1059,8 @@ class Store:
     ) -> Iterator[None]:
         """Announce an in-place restore of ``source`` while the block runs (lease renewed
         every third of ``MARKER_LEASE_S`` by a thread; removed at the end)."""
+        from backend.history import MARKER_LEASE_S, marker_doc, restoring_name
+
         host = host or socket.gethostname()
         name = restoring_name(host, os.path.abspath(source), self.meta._name_key)
         stop = threading.Event()
@@ -1100,6 +1125,10 @@ class Store:
         progress: Progress | None,
         cancel: threading.Event | None,
     ) -> tuple[Snapshot | None, RestoreResult]:
+        from backend.diff import diff_trees
+        from backend.history import remove_tracked
+        from backend.snapshots import SnapshotOptions
+
         src = snap.source
         guard: Snapshot | None = None
         removed = 0
@@ -1167,6 +1196,8 @@ class Store:
         Raises:
             SnapshotNotFound: the source was never restored in place.
         """
+        from backend.snapshots import escape_path
+
         target = self.last_guard(source)
         if target is None:
             raise SnapshotNotFound(
@@ -1186,6 +1217,8 @@ class Store:
         return self.repo.save_snapshot(snap)
 
     def _forget_missing_packs(self) -> None:
+        from backend.repair import forget_missing_packs
+
         if not self._packs_verified:
             self._packs_verified = True
             forget_missing_packs(self.repo)
@@ -1199,6 +1232,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> CheckResult:
         """Verify the repository (under a shared lock); findings, never an exception for damage."""
+        from backend.check import check_repository
+
         with self.lock(exclusive=False, operation="check") as lk, _lost_lock_is_fatal(lk):
             return check_repository(
                 self.repo,
@@ -1213,6 +1248,8 @@ class Store:
         self, *, progress: Progress | None = None, cancel: threading.Event | None = None
     ) -> RepairResult:
         """Rebuild the index from pack headers (exclusive lock)."""
+        from backend.repair import repair_index
+
         with self._mutex, self.lock(exclusive=True, operation="repair index"):
             self.repo.flush()
             return repair_index(self.repo, progress=progress, cancel=cancel)
@@ -1226,6 +1263,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RepairResult:
         """Salvage damaged packs and drop them from the index (exclusive lock)."""
+        from backend.repair import repair_packs
+
         with self._mutex, self.lock(exclusive=True, operation="repair packs"):
             self.repo.flush()
             return repair_packs(self.repo, packs, dry_run=dry_run, progress=progress, cancel=cancel)
@@ -1239,6 +1278,8 @@ class Store:
         cancel: threading.Event | None = None,
     ) -> RepairResult:
         """Rewrite snapshots that reference unreadable data (exclusive lock)."""
+
+        from backend.repair import repair_snapshots
 
         def on_rewrite(old: str, new: Snapshot | None) -> None:
             self.catalog.remove([old])
@@ -1280,4 +1321,6 @@ def _annotate(snap: Snapshot, note: Note | None) -> Snapshot:
 
 
 def _opts_dict(o: SnapshotOptions) -> dict[str, Any]:
+    from backend.snapshots import SnapshotOptions
+
     return {s: getattr(o, s) for s in SnapshotOptions.__slots__}

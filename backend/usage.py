@@ -20,8 +20,15 @@ Invariants:
   opened, verified and decoded on a few threads (reads, zstd and blake3 release the GIL).
 
 A node's size is what it occupies in its pack: the stored (compressed) length plus its pack
-header entry. Blobs the index does not know are collected in ``missing`` (size 0); prune
-refuses to run while any are missing.
+header entry, from the index segments (read on a few threads; only the stored length of each
+blob and the location of each tree are kept). Blobs the index does not know are collected in
+``missing`` (size 0); prune refuses to run while any are missing.
+
+The graph persists between runs (``build(cache=)``): structure, counts, sizes, the snapshots
+it counts and the index segments its sizes are of. A later build only applies what changed
+since: snapshots removed (their roots released) and added (only unknown trees read), index
+segments added (only they are read); when segments were removed (a prune) every size is looked
+up again. So planning an eviction again reads nothing but the listings and that file.
 
 ``mark_live`` is the mark phase alone (prune): the set of live blob ids, streamed through the
 same loader without keeping any edges.
@@ -30,6 +37,7 @@ same loader without keeping any edges.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -38,12 +46,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 import msgpack
 
 from backend.errors import IntegrityError, ObjectNotFound, UnsupportedFormat
-from backend.format import BLOB_TREE, ENTRY, FORMAT_VERSION
+from backend.format import BLOB_TREE, ENTRY, FORMAT_VERSION, PackEntry
 from backend.ids import BlobId, PackId
 from backend.index import ChunkIndex, Location
 from backend.model import EntryKind, Snapshot
@@ -62,12 +71,15 @@ BATCH_TREES = 2048
 """Trees read per batch (bounds the decoded trees held at once)."""
 ROOTS_PER_STEP = 256
 """Snapshots whose roots are expanded together (progress advances per step)."""
+JOBS_PER_TASK = 32
+"""Ranged reads one thread task makes at most."""
 COALESCE_GAP = 64 * 1024
 """Trees of one pack closer than this are read with one ranged read."""
 MAX_RUN = 8 * 1024 * 1024
-_CACHE_HEAD = struct.Struct("<4sIQQ")
+_CACHE_HEAD = struct.Struct("<4sIQQQ")  # magic, version, nodes, edges, metadata bytes
 _CACHE_MAGIC = b"SDUG"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3
+_NODE_BYTES = 8 + 8 + 4 + 4 + 32 + 1  # first child, size, count, children, id, is_tree
 _FILE = EntryKind.FILE.value
 _DIR = EntryKind.DIR.value
 
@@ -114,6 +126,12 @@ def _unreadable(tree: bytes, why: object) -> IntegrityError:
     return IntegrityError(f"tree {tree.hex()[:12]} cannot be read ({why}); run 'snapdeck check'")
 
 
+class _Lookup(Protocol):
+    """Where a blob is stored, if known (a ``ChunkIndex``, a dict, a ``UsageGraph``'s view)."""
+
+    def get(self, blob: BlobId, /) -> Location | None: ...
+
+
 class TreeLoader:
     """Reads trees in batches: grouped by pack, neighbours in one read, decoded in threads.
 
@@ -127,12 +145,13 @@ class TreeLoader:
         repo: Repository,
         threads: int = READ_THREADS,
         *,
-        locations: Mapping[bytes, Location] | None = None,
+        locations: Mapping[bytes, Location] | _Lookup | None = None,
     ) -> None:
         self.repo = repo
-        self.index: Mapping[bytes, Location] | ChunkIndex = (
+        self.index: Mapping[bytes, Location] | ChunkIndex | _Lookup = (
             locations if locations is not None else repo.index
         )
+        self._threads = threads
         self._pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="trees") if threads > 1 else None
         )
@@ -201,7 +220,12 @@ class TreeLoader:
             jobs.append((pack, run))
         runs: Iterable[list[Kids]]
         if self._pool is not None and len(jobs) + len(strays) > 1:
-            runs = self._pool.map(lambda j: self._run(*j), jobs)
+            # Each task reads several runs (a watch history has thousands of small packs:
+            # one task per run would cost more in hand-offs than the reads themselves).
+            size = max(1, min(JOBS_PER_TASK, -(-len(jobs) // (4 * self._threads))))
+            tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+            done = self._pool.map(lambda task: [self._run(*j) for j in task], tasks)
+            runs = (kids for task in done for kids in task)
             stray_kids: Iterable[list[Kids]] = self._pool.map(self._stray, strays)
         else:
             runs = (self._run(*j) for j in jobs)
@@ -223,12 +247,22 @@ class SnapshotUsage:
     exclusive_blobs: int
 
 
+class _Locations:
+    """A graph's tree locations, as its ``TreeLoader`` asks for them."""
+
+    def __init__(self, graph: UsageGraph) -> None:
+        self._graph = graph
+
+    def get(self, blob: BlobId, /) -> Location | None:
+        return self._graph._location(blob)
+
+
 class UsageGraph:
     """Reference counts over the trees and blobs of a set of snapshots.
 
     Args:
         repo: the repository to read trees and the index from.
-        cache: a file where the tree structure read is kept between runs (see ``build``).
+        cache: a file where the graph is kept between runs (see ``build``).
     """
 
     def __init__(
@@ -246,16 +280,38 @@ class UsageGraph:
         """Blob ids referenced by a live tree that the index does not know."""
         self.trees_read = 0
         """Trees read from the repository (not from the cache)."""
+        self.index_bytes = 0
+        """Bytes of the index segments (as of ``build``)."""
         self._threads = threads
-        self._index = repo.index
-        self._num: dict[bytes, int] = {}
-        self._ids: list[bytes] = []
-        self._count = array("i")
-        self._size = array("q")  # -1: not looked up yet
-        self._is_tree = bytearray()
-        self._first = array("q")  # trees: index of the first child in _edges; -1: not read
-        self._nkids = array("i")
-        self._edges = array("i")
+        # Node ids: a list and a dict for lookups; a graph loaded from the cache keeps the
+        # ids as one bytes object until something needs them (``_id_list``, ``_num_map``):
+        # planning again without changes never does, and saves their memory.
+        self._ids: list[bytes] | None = []
+        self._num: dict[bytes, int] | None = {}
+        self._ids_raw: bytes | memoryview = b""
+        # Per node (mapped from the cache file, see ``_load_cache``, until ``_own``):
+        self._count: array[int] | memoryview = array("i")
+        self._size: array[int] | memoryview = array("q")  # -1: not looked up yet
+        self._is_tree: bytearray | memoryview = bytearray()
+        # trees: index of the first child in _edges; -1: not read
+        self._first: array[int] | memoryview = array("q")
+        self._nkids: array[int] | memoryview = array("i")
+        self._edges: array[int] | memoryview = array("I")  # child node numbers
+        self._map: mmap.mmap | None = None
+        self._missing_nodes: set[int] = set()  # live or dead nodes the index did not know
+        # Index segments the node sizes are of: name → entries. Of these, ``_read`` were read
+        # here, into ``_lengths`` (every blob) and ``_trees`` (tree locations); the others
+        # only when a lookup misses (``_read_all``).
+        self._segments: dict[str, int] = {}
+        self._read: set[str] = set()
+        self._lengths: dict[bytes, int] = {}
+        self._trees: dict[bytes, Location] = {}
+        self._dirty = False  # differs from the cache file
+
+    @property
+    def index_entries(self) -> int:
+        """Blob entries in the index segments (as of ``build``; a duplicate counts twice)."""
+        return sum(self._segments.values())
 
     # ------------------------------------------------------------ building
 
@@ -271,32 +327,143 @@ class UsageGraph:
     ) -> UsageGraph:
         """The graph of ``snapshots`` (the mark phase: every distinct tree is read once).
 
-        With ``cache``, the children of trees read by an earlier build are taken from that
-        file (trees are immutable and named by their content's hash, so an entry never goes
-        stale; the file carries a checksum and is ignored when damaged), and it is rewritten
-        with the live structure when trees had to be read. Read-only planning uses it; prune
-        never does (it reads and verifies every tree it relies on).
+        With ``cache``, the graph an earlier build left in that file is brought up to date
+        instead: snapshots gone since are removed from it, new ones added (reading only trees
+        it does not know: trees are immutable and named by their content's hash, so the
+        structure never goes stale), and only index segments written since are read. The
+        file carries a checksum and is ignored when damaged; it is rewritten when anything
+        changed. Read-only planning uses it; prune never does (it reads and verifies every
+        tree it relies on).
         """
         g = cls(repo, cache=cache)
-        if cache is not None:
-            g._load_cache(cache)
+        segments = {i.name: i.size for i in repo.storage.list("index")}
+        g.index_bytes = sum(segments.values())
+        if cache is None or not g._load_cache(cache):
+            g._read_segments(list(segments), cancel)
+            g._segments = {s: g._segments[s] for s in segments}
+        else:
+            g._catch_up(segments, cancel)
+        wanted = {s.id for s in snapshots}
+        for sid in [sid for sid in g.roots if sid not in wanted]:
+            g.remove(sid)
+            g._dirty = True
         prog = progress or NullProgress()
         prog.start(len(snapshots), "mark")
-        with TreeLoader(repo, g._threads) as loader:
+        with TreeLoader(repo, g._threads, locations=_Locations(g)) as loader:
             for i in range(0, len(snapshots), ROOTS_PER_STEP):
                 check_cancel(cancel)
                 step = snapshots[i : i + ROOTS_PER_STEP]
                 g._add_roots([(s.id, bytes.fromhex(s.tree)) for s in step], loader, cancel)
                 prog.advance(len(step))
-        if cache is not None and (g.trees_read or len(g._ids) > 2 * max(1, g.live_nodes)):
+        if g._missing_nodes:
+            count, ids = g._count, g._id_list()
+            g.missing = {ids[n] for n in g._missing_nodes if count[n] > 0}
+        if cache is not None and g._dirty:
             g._save_cache(cache)
         return g
 
+    def _read_segments(self, names: Sequence[str], cancel: threading.Event | None) -> None:
+        """Read index segments: their entry counts, every blob's stored length and where
+        each tree is (a few threads: reads, decompression and hashing release the GIL)."""
+        if not names:
+            return
+        lengths, trees = self._lengths, self._trees
+
+        def read(name: str) -> list[tuple[PackId, list[PackEntry]]]:
+            check_cancel(cancel)
+            return self.repo.read_index_segment(name)
+
+        def merge(name: str, packs: list[tuple[PackId, list[PackEntry]]]) -> None:
+            n = 0
+            for pack, entries in packs:
+                n += len(entries)
+                for e in entries:
+                    if e.id not in lengths:  # of two copies, the first listed counts
+                        lengths[e.id] = e.length
+                        if e.type == BLOB_TREE:
+                            trees[e.id] = Location(pack, e.type, e.offset, e.length, e.raw_length)
+            self._segments[name] = n
+            self._read.add(name)
+
+        if len(names) < 8 or self._threads <= 1:
+            for name in names:
+                merge(name, read(name))
+            return
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="index") as pool:
+            for name, packs in zip(names, pool.map(read, names), strict=True):
+                merge(name, packs)
+
+    def _read_all(self) -> None:
+        """Read the segments not read yet (a lookup missed the ones read so far)."""
+        rest = [s for s in self._segments if s not in self._read]
+        if rest:
+            self._read_segments(rest, None)
+
+    def _catch_up(self, segments: Mapping[str, int], cancel: threading.Event | None) -> None:
+        """Make the cached node sizes those of the index segments in storage now."""
+        gone = [s for s in self._segments if s not in segments]
+        new = [s for s in segments if s not in self._segments]
+        if not (gone or new):
+            return
+        self._dirty = True
+        if gone:
+            # A prune or repair replaced segments: blobs may have moved or gone. Every size is
+            # looked up again, from all the segments.
+            self._segments = {}
+            self._read_segments(list(segments), cancel)
+            self._segments = {s: self._segments[s] for s in segments}
+            count, size = self._count, self._size
+            self._missing_nodes = set()
+            self.live_bytes = 0
+            for n in range(len(count)):
+                if count[n] > 0:
+                    self.live_bytes += self._lookup(n)
+                else:
+                    size[n] = -1
+            return
+        # Only new segments (writers add, never change): what they name is new, or was
+        # missing before (a pack in flight then).
+        self._read_segments(new, cancel)
+        count, size, ids = self._count, self._size, self._id_list()
+        for n in list(self._missing_nodes):
+            length = self._lengths.get(ids[n])
+            if length is not None:
+                self._missing_nodes.discard(n)
+                size[n] = length + ENTRY_OVERHEAD
+                if count[n] > 0:
+                    self.live_bytes += size[n]
+
+    def _location(self, blob: bytes) -> Location | None:
+        """Where a tree is stored (None: in no index segment)."""
+        loc = self._trees.get(blob)
+        if loc is None and len(self._read) < len(self._segments):
+            self._read_all()
+            loc = self._trees.get(blob)
+        return loc
+
+    def _id_list(self) -> list[bytes]:
+        """Node number → id."""
+        if self._ids is None:
+            raw = bytes(self._ids_raw)
+            self._ids = [raw[o : o + 32] for o in range(0, len(raw), 32)]
+            self._ids_raw = b""
+        return self._ids
+
+    def _num_map(self) -> dict[bytes, int]:
+        """Id → node number."""
+        if self._num is None:
+            self._num = {b: i for i, b in enumerate(self._id_list())}
+        return self._num
+
     def _node(self, blob: bytes, is_tree: bool) -> int:
         """The number of a blob, created (count 0) when new."""
-        n = len(self._ids)
-        self._num[blob] = n
-        self._ids.append(blob)
+        self._own()
+        assert isinstance(self._count, array) and isinstance(self._size, array)
+        assert isinstance(self._first, array) and isinstance(self._nkids, array)
+        assert isinstance(self._is_tree, bytearray)
+        n = len(self._count)
+        self._num_map()[blob] = n
+        self._id_list().append(blob)
         self._size.append(-1)
         self._count.append(0)
         self._is_tree.append(is_tree)
@@ -305,14 +472,17 @@ class UsageGraph:
         return n
 
     def _lookup(self, n: int) -> int:
-        """Node ``n``'s size in its pack, looked up once (0 and ``missing`` when unknown)."""
-        blob = self._ids[n]
-        loc = self._index.get(BlobId(blob))
-        if loc is None:
-            self.missing.add(blob)
+        """Node ``n``'s size in its pack, looked up once (0 and missing when unknown)."""
+        blob = self._id_list()[n]
+        length = self._lengths.get(blob)
+        if length is None and len(self._read) < len(self._segments):
+            self._read_all()
+            length = self._lengths.get(blob)
+        if length is None:
+            self._missing_nodes.add(n)
             size = 0
         else:
-            size = loc.length + ENTRY_OVERHEAD
+            size = length + ENTRY_OVERHEAD
         self._size[n] = size
         return size
 
@@ -323,6 +493,10 @@ class UsageGraph:
         cancel: threading.Event | None,
     ) -> None:
         """Count the roots; read every tree that becomes live (batched), count its children."""
+        roots = [(sid, root) for sid, root in roots if sid not in self.roots]
+        if not roots:
+            return
+        self._own()  # the graph may grow: new nodes, new edges
         count, size, is_tree, first, nkids = (
             self._count,
             self._size,
@@ -331,6 +505,7 @@ class UsageGraph:
             self._nkids,
         )
         edges = self._edges
+        assert isinstance(edges, array) and isinstance(first, array) and isinstance(nkids, array)
         to_read: list[int] = []  # trees made live whose children are not known yet
         stack: list[int] = []  # nodes that just became live (count 0 → 1)
 
@@ -353,9 +528,10 @@ class UsageGraph:
                         if not k:
                             stack.append(c)
 
-        num = self._num
+        self._dirty = True
+        num = self._num_map()
         for sid, root in roots:
-            if sid in self.roots:
+            if sid in self.roots:  # listed twice
                 continue
             n = num.get(root)
             if n is None:
@@ -366,7 +542,9 @@ class UsageGraph:
             if not k:
                 stack.append(n)
                 drain()
-        ids = self._ids
+        if not to_read:
+            return
+        ids = self._id_list()
         node = self._node
         while to_read:
             check_cancel(cancel)
@@ -390,80 +568,111 @@ class UsageGraph:
 
     def add(self, snapshot_id: str, root: bytes) -> None:
         """Make a snapshot live: count its root, reading every tree that becomes live."""
-        with TreeLoader(self.repo, self._threads) as loader:
+        with TreeLoader(self.repo, self._threads, locations=_Locations(self)) as loader:
             self._add_roots([(snapshot_id, root)], loader, None)
 
     # ------------------------------------------------------------ the cache
+    # One file: a header, the node arrays (first child, size: 8 bytes each; count, children,
+    # edges: 4 bytes each; so every array is aligned), the ids, is_tree, msgpack metadata
+    # (roots, live totals, missing nodes, the index segments the sizes are of) and a BLAKE3
+    # checksum of everything before it.
 
-    def _load_cache(self, path: Path) -> None:
-        """Known nodes and tree children from ``path`` (nothing when absent or damaged)."""
+    def _load_cache(self, path: Path) -> bool:
+        """The graph an earlier build saved in ``path`` (False when absent or damaged).
+
+        The file is checked (read in chunks: nothing of it stays in memory) and then mapped
+        copy-on-write, its arrays used in place: planning touches only the nodes it frees, so
+        only those pages are ever read into this process (``_own`` copies the arrays once the
+        graph has to grow).
+        """
         try:
-            data = path.read_bytes()
-            magic, version, n, e = _CACHE_HEAD.unpack_from(data)
-            body = memoryview(data)[: len(data) - 32]
-            if (
-                magic != _CACHE_MAGIC
-                or version != _CACHE_VERSION
-                or len(data) != _CACHE_HEAD.size + n * (32 + 1 + 8 + 4) + e * 4 + 32
-                or blake3.blake3(body).digest() != data[-32:]
-            ):
-                raise ValueError("not a usage cache of this version, or damaged")
+            with open(path, "rb") as f:
+                head = f.read(_CACHE_HEAD.size)
+                magic, version, n, e, m = _CACHE_HEAD.unpack(head)
+                total = os.fstat(f.fileno()).st_size
+                if (
+                    magic != _CACHE_MAGIC
+                    or version != _CACHE_VERSION
+                    or total != _CACHE_HEAD.size + n * _NODE_BYTES + e * 4 + m + 32
+                ):
+                    raise ValueError("not a usage cache of this version")
+                digest = blake3.blake3(head)
+                left = total - len(head) - 32
+                while left:
+                    chunk = f.read(min(left, 1 << 18))
+                    if not chunk:
+                        raise ValueError("truncated")
+                    digest.update(chunk)
+                    left -= len(chunk)
+                if f.read(32) != digest.digest():
+                    raise ValueError("damaged (checksum)")
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            view = memoryview(mm)
+            o = _CACHE_HEAD.size
+            parts: list[memoryview] = []
+            for width, length in ((8, n), (8, n), (4, n), (4, n), (4, e), (32, n), (1, n)):
+                parts.append(view[o : o + width * length])
+                o += width * length
+            meta = msgpack.unpackb(view[o : o + m], raw=False)
+            roots = {str(sid): int(k) for sid, k in meta["roots"]}
+            segments = {str(s): int(k) for s, k in meta["segments"]}
+            missing = {int(k) for k in meta["missing"]}
+            live_bytes, live_nodes = int(meta["live"][0]), int(meta["live"][1])
+            if any(not 0 <= k < n for k in (*roots.values(), *missing)):
+                raise ValueError("inconsistent")
         except FileNotFoundError:
-            return
-        except (OSError, ValueError, struct.error) as exc:
+            return False
+        except (OSError, ValueError, TypeError, KeyError, struct.error) as exc:
             log.info("usage cache %s ignored: %s", path, exc)
-            return
-        o = _CACHE_HEAD.size
-        ids = [data[o + 32 * i : o + 32 * i + 32] for i in range(n)]
-        o += 32 * n
-        is_tree = bytearray(data[o : o + n])
-        o += n
-        first = array("q")
-        first.frombytes(data[o : o + 8 * n])
-        o += 8 * n
-        nkids = array("i")
-        nkids.frombytes(data[o : o + 4 * n])
-        o += 4 * n
-        edges = array("i")
-        edges.frombytes(data[o : o + 4 * e])
-        if any(f + k > e for f, k in zip(first, nkids, strict=True)) or (
-            e and (min(edges) < 0 or max(edges) >= n)
-        ):
-            log.info("usage cache %s ignored: inconsistent", path)
-            return
-        self._ids = ids
-        self._num = {b: i for i, b in enumerate(ids)}
+            return False
+        first, size, count, nkids, edges, ids_raw, is_tree = parts
+        self._map = mm
+        self._first, self._size = first.cast("q"), size.cast("q")
+        self._count, self._nkids, self._edges = count.cast("i"), nkids.cast("i"), edges.cast("I")
+        self._ids, self._num, self._ids_raw = None, None, ids_raw
         self._is_tree = is_tree
-        self._first = first
-        self._nkids = nkids
-        self._edges = edges
-        self._count = array("i", bytes(4 * n))
-        self._size = array("q", [-1]) * n
+        self.roots = roots
+        self._segments = segments
+        self._missing_nodes = missing
+        self.live_bytes, self.live_nodes = live_bytes, live_nodes
+        return True
+
+    def _own(self) -> None:
+        """Copy mapped arrays into growable ones (before the graph gets new nodes or edges)."""
+        if self._map is None:
+            return
+        self._first, self._size = array("q", self._first), array("q", self._size)
+        self._count, self._nkids = array("i", self._count), array("i", self._nkids)
+        self._edges = array("I", self._edges)
+        self._is_tree = bytearray(self._is_tree)
+        self._id_list()
+        self._map = None  # closed when the last view of it goes
 
     def _save_cache(self, path: Path) -> None:
-        """Write the live part of the structure to ``path`` (best effort, atomic replace)."""
-        count, first, nkids, edges = self._count, self._first, self._nkids, self._edges
-        keep = [i for i in range(len(self._ids)) if count[i] > 0]
-        new = array("i", [-1]) * len(self._ids)
-        for j, i in enumerate(keep):
-            new[i] = j
-        out_first = array("q", [-1]) * len(keep)
-        out_nkids = array("i", bytes(4 * len(keep)))
-        out_edges = array("i")
-        for j, i in enumerate(keep):
-            f = first[i]
-            if f >= 0:  # live trees were all read: their children are live too
-                out_first[j] = len(out_edges)
-                out_nkids[j] = nkids[i]
-                out_edges.extend([new[c] for c in edges[f : f + nkids[i]]])
+        """Write the graph to ``path`` (best effort, atomic replace). Nodes no snapshot holds
+        are kept (a snapshot added back revives them unread) until they outnumber the live."""
+        if len(self._count) > 2 * max(1, self.live_nodes):
+            self._compact()
+        meta = msgpack.packb(
+            {
+                "roots": list(self.roots.items()),
+                "segments": list(self._segments.items()),
+                "missing": sorted(self._missing_nodes),
+                "live": [self.live_bytes, self.live_nodes],
+            }
+        )
+        n, e = len(self._count), len(self._edges)
         body = b"".join(
             (
-                _CACHE_HEAD.pack(_CACHE_MAGIC, _CACHE_VERSION, len(keep), len(out_edges)),
-                b"".join(self._ids[i] for i in keep),
-                bytes(self._is_tree[i] for i in keep),
-                out_first.tobytes(),
-                out_nkids.tobytes(),
-                out_edges.tobytes(),
+                _CACHE_HEAD.pack(_CACHE_MAGIC, _CACHE_VERSION, n, e, len(meta)),
+                self._first.tobytes(),
+                self._size.tobytes(),
+                self._count.tobytes(),
+                self._nkids.tobytes(),
+                self._edges.tobytes(),
+                bytes(self._ids_raw) if self._ids is None else b"".join(self._ids),
+                bytes(self._is_tree),
+                meta,
             )
         )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -474,6 +683,33 @@ class UsageGraph:
         except OSError as exc:
             log.info("usage cache %s not written: %s", path, exc)
             tmp.unlink(missing_ok=True)
+
+    def _compact(self) -> None:
+        """Drop the nodes no snapshot holds (every live tree's children are live too)."""
+        count, first, nkids, edges = self._count, self._first, self._nkids, self._edges
+        ids = self._id_list()
+        keep = [i for i in range(len(count)) if count[i] > 0]
+        new = array("i", [-1]) * len(count)
+        for j, i in enumerate(keep):
+            new[i] = j
+        out_first = array("q", [-1]) * len(keep)
+        out_nkids = array("i", bytes(4 * len(keep)))
+        out_edges = array("I")
+        for j, i in enumerate(keep):
+            f = first[i]
+            if f >= 0:
+                out_first[j] = len(out_edges)
+                out_nkids[j] = nkids[i]
+                out_edges.extend([new[c] for c in edges[f : f + nkids[i]]])
+        self._ids = [ids[i] for i in keep]
+        self._num = None
+        self._is_tree = bytearray(self._is_tree[i] for i in keep)
+        self._first, self._nkids, self._edges = out_first, out_nkids, out_edges
+        self._count = array("i", [count[i] for i in keep])
+        self._size = array("q", [self._size[i] for i in keep])
+        self.roots = {sid: new[k] for sid, k in self.roots.items()}
+        self._missing_nodes = {new[k] for k in self._missing_nodes if new[k] >= 0}
+        self._map = None
 
     # ------------------------------------------------------------ removing
 
@@ -530,13 +766,13 @@ class UsageGraph:
 
     def is_live(self, blob: bytes) -> bool:
         """Whether a blob or tree is reachable from a snapshot in the graph."""
-        n = self._num.get(blob)
+        n = self._num_map().get(blob)
         return n is not None and self._count[n] > 0
 
     def live_ids(self) -> Iterator[bytes]:
         """The id of every live tree and blob."""
         count = self._count
-        return (b for b, n in self._num.items() if count[n] > 0)
+        return (b for b, n in self._num_map().items() if count[n] > 0)
 
 
 def snapshot_usage(graph: UsageGraph) -> dict[str, SnapshotUsage]:

@@ -10,7 +10,8 @@ API (used by ``snapdeck watch`` and, in-process, by the TUI from a worker thread
                 on_state=lambda st: ...,        # WatchState, whenever it changes
                 on_error=lambda msg: ...,       # one line for people; watching goes on
                 evict=config.evict,             # [evict]: the sweeper, if sweep_in_watch
-                on_sweep=lambda res: ...)       # EvictResult of a sweep that removed some
+                on_sweep=lambda res: ...,       # EvictResult of a sweep that removed some
+                on_prune=lambda res: ...)       # PruneResult of each periodic prune
     w.start()            # returns at once; a full checkpoint of each dir is taken first
     w.state              # WatchState: dirs, mode, pending, checkpoints, last_checkpoint, message
     w.pause(); w.resume(rescan=True)   # e.g. around an in-place restore
@@ -49,6 +50,17 @@ an hour, so thinning after every checkpoint would only cost time): only snapshot
 touched. Data is reclaimed by ``prune``, or by the eviction sweeper: with ``[evict]
 sweep_in_watch`` the engine applies ``[evict]`` every ``sweep_interval_s``, between checkpoints.
 
+Memory and the repository stay flat over any number of checkpoints: every ``prune_every``
+checkpoints (``[watch]``, default 1,000) the engine prunes the repository between checkpoints,
+when no change is pending (or after twice as many checkpoints regardless). Each checkpoint
+writes a small data pack, a small tree pack and an index segment, and the in-memory index
+holds an entry for every blob of every pack until a prune drops what only thinned
+checkpoints referenced; the prune also merges the small packs and segments into a few, so
+the index that is loaded afterwards (here and in every later process) is small again.
+Everything else the process keeps is bounded: the catalog by the retention, the tree cache by
+``TREE_CACHE_ENTRIES``. A repository locked by another process postpones the prune by
+``PRUNE_RETRY_S``; stopping the watcher cancels a prune in flight (prune is crash-safe).
+
 Cost of a checkpoint. The shared repository lock is kept from one checkpoint to the next while
 changes keep coming (``Store.checkpoint(keep_lock=True)``; its lease is renewed by a thread)
 and released after ``LOCK_LINGER_S`` without a checkpoint, before a sweep, on pause and on
@@ -69,7 +81,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pathspec
 
@@ -82,6 +94,9 @@ from backend.progress import Progress
 from backend.retention import Duration, RetentionPolicy, SnapshotRef, apply_policy
 from backend.snapshots import SnapshotOptions, escape_path
 from backend.store import Store
+
+if TYPE_CHECKING:
+    from backend.prune import PruneResult
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +116,8 @@ LOCK_LINGER_S = 3.0
 THIN_EVERY_S = 60.0
 """Thin watch checkpoints at most this often (and after the first checkpoint)."""
 RESTORE_POLL_S = 0.25
+PRUNE_RETRY_S = 60.0
+"""After a periodic prune found the repository locked, how long until it is tried again."""
 """While a restore marker holds a directory back, look again this often."""
 IGNORE_FILE = ".snapdeckignore"
 TEMP_PREFIXES = (b".snapdeck-tmp", b".tmp-")
@@ -332,6 +349,7 @@ class Watcher:
         evict: ``[evict]``; with ``sweep_in_watch`` the eviction sweeper runs every
             ``sweep_interval_s`` between checkpoints.
         on_sweep: called with the ``EvictResult`` of a sweep that removed something.
+        on_prune: called with the ``PruneResult`` of each periodic prune (``prune_every``).
         progress: receives the checkpoints' progress (one ``advance`` per file examined),
             e.g. for a status bar during the startup full checkpoint of a big tree.
     """
@@ -351,6 +369,7 @@ class Watcher:
         evict: EvictConfig | None = None,
         on_sweep: Callable[[EvictResult], None] | None = None,
         progress: Progress | None = None,
+        on_prune: Callable[[PruneResult], None] | None = None,
     ) -> None:
         if not dirs:
             raise ValueError("nothing to watch")
@@ -395,6 +414,13 @@ class Watcher:
         self._last_work = clock()
         self.sweeps = 0
         """Sweeps run (whether or not they removed anything)."""
+        self.on_prune = on_prune
+        self.prunes = 0
+        """Periodic prunes done."""
+        self._since_prune = 0
+        """Checkpoints saved since the last prune (periodic, or by an eviction sweep)."""
+        self._next_prune_try = -1e18
+        self._pruning = False
         for d in self._dirs:
             self._load_ignores(d)
 
@@ -457,12 +483,12 @@ class Watcher:
             )
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no change is pending and no checkpoint runs (and the startup checkpoint
-        is done); returns False on timeout."""
+        """Wait until no change is pending and no checkpoint or periodic prune runs (and the
+        startup checkpoint is done); returns False on timeout."""
         deadline = time.monotonic() + timeout
         with self._idle:
             while True:
-                busy = self._running or any(d.dirty or d.full for d in self._dirs)
+                busy = self._running or self._pruning or any(d.dirty or d.full for d in self._dirs)
                 if not busy and self._events.empty():
                     return True
                 left = deadline - time.monotonic()
@@ -625,6 +651,59 @@ class Watcher:
             self.store.release_held_lock()
         if self._next_sweep is not None and now >= self._next_sweep:
             self._sweep()
+        if self._prune_due(now):
+            self._prune()
+
+    def _prune_due(self, now: float) -> bool:
+        every = self.config.prune_every
+        if not every or self._since_prune < every or self._paused or now < self._next_prune_try:
+            return False
+        # Between bursts of edits; a change that never settles does not put it off forever.
+        busy = any(d.dirty or d.full for d in self._dirs)
+        return not busy or self._since_prune >= 2 * every
+
+    def _prune(self) -> None:
+        """Prune (exclusive lock): the data only thinned checkpoints referenced goes, small
+        packs and index segments are merged, and the in-memory index is loaded afresh."""
+        self.store.release_held_lock()  # prune takes the exclusive lock
+        started = time.monotonic()
+        with self._idle:
+            self._pruning = True
+        try:
+            res = self.store.prune(cancel=self._stop)
+        except Cancelled:
+            return
+        except StoreLocked as exc:
+            log.info("periodic prune postponed: %s", exc)
+            self._next_prune_try = self.clock() + PRUNE_RETRY_S
+            return
+        except (StoreError, OSError) as exc:
+            self._since_prune = 0  # tried again after another prune_every checkpoints
+            self._error(f"pruning the repository failed: {exc}")
+            return
+        finally:
+            self._last_work = self.clock()
+            with self._idle:
+                self._pruning = False
+                self._idle.notify_all()
+        self._since_prune = 0
+        self.prunes += 1
+        try:
+            _ = self.store.repo.index  # loaded now, not in the next checkpoint's latency
+        except (StoreError, OSError) as exc:  # the next checkpoint reports it
+            log.info("loading the index after prune failed: %s", exc)
+        log.info(
+            "periodic prune: %d packs deleted, %d repacked, %d bytes reclaimed in %.2f s",
+            len(res.plan.delete),
+            len(res.plan.repack),
+            res.bytes_before - res.bytes_after,
+            time.monotonic() - started,
+        )
+        if self.on_prune is not None:
+            try:
+                self.on_prune(res)
+            except Exception:
+                log.exception("on_prune callback failed")
 
     def _sweep(self) -> None:
         assert self.evict is not None
@@ -640,6 +719,8 @@ class Watcher:
             self.sweeps += 1
             self._next_sweep = self.clock() + self.evict.sweep_interval_s
             self._last_work = self.clock()
+        if res is not None and res.prune is not None:
+            self._since_prune = 0
         if res is not None and self.on_sweep is not None:
             try:
                 self.on_sweep(res)
@@ -823,6 +904,7 @@ class Watcher:
                 forgotten = thin_watch_checkpoints(self.store, d.path, self.policy)
             except (StoreError, OSError) as exc:
                 self._error(f"thinning watch checkpoints failed: {exc}")
+        self._since_prune += 1
         with self._lock:
             self._checkpoints += 1
             self._last = res.snapshot

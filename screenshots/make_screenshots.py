@@ -93,9 +93,22 @@ async def shoot(name: str, theme: str, out: Path) -> None:
                 await settle(pilot)
                 await SCREENS[name](pilot)
                 await settle(pilot)
-                app.save_screenshot(filename=f"{name}-{theme}.svg", path=str(out))
+                svg = portable_svg(app.export_screenshot())
+                (out / f"{name}-{theme}.svg").write_text(svg, encoding="utf-8")
         finally:
             store.close()
+
+
+def portable_svg(svg: str) -> str:
+    """The screenshot with a font every SVG renderer draws on the cell grid.
+
+    Textual's SVG names the web font Fira Code, then ``monospace``. Where Fira Code cannot be
+    loaded (GitHub shows README images without fetching fonts; cairosvg, image viewers) and the
+    renderer ignores ``textLength`` or takes only the first family, the text falls back to a
+    proportional font whose glyphs are wider than the cells: a 64-digit id runs into the date
+    after it, size labels into the bars before them. The generic ``monospace`` is always there
+    and fixed-width."""
+    return svg.replace("font-family: Fira Code, monospace;", "font-family: monospace;")
 
 
 def main() -> None:

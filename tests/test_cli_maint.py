@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,3 +213,52 @@ def test_forget_matches_restic_through_the_cli(tmp_path: Path, env: dict[str, st
     groups = json.loads(restic("forget", "--dry-run", "--json", "--no-lock", *flags))
     theirs = {datetime.fromisoformat(k["time"]).astimezone(UTC) for k in groups[0]["keep"]}
     assert ours == theirs
+
+
+HEAVY = (
+    "backend.snapshots",
+    "backend.check",
+    "backend.restore",
+    "backend.history",
+    "backend.watch",
+    "backend.copying",
+    "multiprocessing",
+    "pathspec",
+    "rich",
+    "textual",
+)
+"""What the maintenance commands never need: imported only by the commands that do."""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["forget", "--keep-last", "1", "--dry-run", "--json"],
+        ["evict", "--max-size", "1", "--dry-run", "--json"],
+        ["prune", "--dry-run", "--json"],
+    ],
+)
+def test_start_up_imports_only_what_the_command_needs(
+    tmp_path: Path, env: dict[str, str], args: list[str]
+) -> None:
+    """(issue 4) Start-up time: a maintenance command loads neither the snapshot pipeline nor
+    check, restore, watch, rich or Textual (each run of the CLI paid ~0.05 s CPU for them)."""
+    repo, _ids = make_repo(tmp_path, [T0, T0 + timedelta(hours=1)])
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('LOADED', sorted(m for m in sys.modules"
+        f" if m.split('.')[0] in {sorted({h.split('.')[0] for h in HEAVY})!r}"
+        f" and (m in {list(HEAVY)!r} or m.split('.')[0] != 'backend')), file=sys.stderr))\n"
+        "from tui.cli import main\n"
+        f"sys.argv = ['snapdeck', *{[*args[:1], '-r', str(repo), *args[1:]]!r}]\n"
+        "main()\n"
+    )
+    if args == ["--help"]:
+        code = code.replace(f"'-r', {str(repo)!r}, ", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode in (0, 3), proc.stderr
+    loaded = [line for line in proc.stderr.splitlines() if line.startswith("LOADED")]
+    assert loaded == ["LOADED []"], proc.stderr

@@ -7,21 +7,26 @@ the traceback in Textual's log.
 
 from __future__ import annotations
 
+import gc
+import heapq
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, WorkerState
 
@@ -29,21 +34,21 @@ from backend.clock import Clock, SystemClock
 from backend.config import Config, load_state, save_state
 from backend.errors import Cancelled, StoreError
 from backend.model import Snapshot
-from backend.snapshots import SnapshotOptions
 from backend.store import Store
 from tui import theming
-from tui.messages import StoreChanged, WatchState
+from tui.messages import CheckpointLanded, StoreChanged, WatchState
 
 if TYPE_CHECKING:
+    from backend.meta import Note
+    from backend.snapshots import SnapshotOptions
     from tui.cli import Ctx
 
+__all__ = ["CheckpointLanded", "FirstListing", "GcPause", "SnapApp", "Throttle", "UiProgress"]
 
-class CheckpointLanded(StoreChanged):
-    """A watch checkpoint was written."""
+T = TypeVar("T")
 
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        super().__init__()
-        self.snapshot = snapshot
+UI_HZ = 10
+"""How often, at most, state that backend threads update (watch state, progress) is shown."""
 
 
 class WatchProblem(Message):
@@ -52,6 +57,121 @@ class WatchProblem(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class _Flush(Message):
+    """A ``Throttle`` has a value to apply (posted at most once per interval)."""
+
+    def __init__(self, throttle: Throttle[Any]) -> None:
+        super().__init__()
+        self.throttle = throttle
+
+
+class Throttle(Generic[T]):
+    """The latest value a backend thread set, applied on the event loop at most ``UI_HZ``
+    times a second. ``set`` is cheap and never blocks: while a value waits to be applied,
+    newer ones only replace it (so 10,000 progress calls a second cost one message per
+    interval, and a handler that re-renders the status bar runs ten times a second at most).
+    """
+
+    def __init__(self, app: App[Any], apply: Callable[[T], object], interval: float = 1 / UI_HZ):
+        self._app = app
+        self._apply = apply
+        self.interval = interval
+        self._value: Any = _NOTHING
+        self._pending = False
+        self._last = 0.0
+
+    def set(self, value: T) -> None:
+        """Offer a new value (from any thread)."""
+        self._value = value
+        if not self._pending:
+            self._pending = True
+            self._app.post_message(_Flush(self))
+
+    def _flush(self) -> None:
+        wait = self._last + self.interval - time.monotonic()
+        if wait > 0:
+            self._app.set_timer(wait, self._fire)
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
+        self._pending = False  # before reading: a value set from now on posts again
+        value, self._value = self._value, _NOTHING
+        if value is not _NOTHING:
+            self._last = time.monotonic()
+            self._apply(value)
+
+
+_NOTHING: Any = object()
+
+
+class UiProgress:
+    """A thread-safe ``backend.progress.Progress`` that shows ``label: done/total unit`` in
+    the status bar through a ``Throttle`` (the snapshot pipeline calls ``advance`` once per
+    file: thousands of times a second)."""
+
+    def __init__(self, throttle: Throttle[str], label: str, unit: str = "files") -> None:
+        self._throttle = throttle
+        self._lock = threading.Lock()
+        self.label = label
+        self.unit = unit
+        self.done = 0
+        self.total: int | None = None
+
+    def start(self, total: int | None, label: str) -> None:
+        with self._lock:
+            self.total, self.done = total, 0
+        self._show()
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+        self._show()
+
+    def note(self, msg: str) -> None:
+        pass
+
+    def _show(self) -> None:
+        done, total = self.done, self.total
+        count = f"{done:,}/{total:,}" if total else f"{done:,}"
+        self._throttle.set(f"{self.label}: {count} {self.unit}")
+
+
+class GcPause:
+    """No cyclic garbage collection while a snapshot or checkpoint runs in this process.
+
+    A full collection stops every thread, the event loop too, for as long as it takes to
+    scan every tracked object, and a running snapshot has tens of thousands (its trees and
+    entries): that was the longest stall of the UI during a W1 snapshot (~50-190 ms). The
+    pipeline's objects are freed by reference counting (it makes no cycles worth collecting;
+    ``backend.restore`` pauses the collector the same way); once no operation runs, the
+    collector is on again and finds a small heap. Counted: nested operations keep it off.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+        self._was_enabled = True
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._n == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._n -= 1
+            if self._n == 0 and self._was_enabled:
+                gc.enable()
+
+    @property
+    def active(self) -> bool:
+        """Whether an operation holds the collector off."""
+        return self._n > 0
 
 
 class SnapApp(App[None]):
@@ -67,6 +187,9 @@ class SnapApp(App[None]):
         user_theme_dir: user themes (default: ``~/.config/snapdeck/themes``).
         preload: start listing snapshots at once, while Textual starts (the timeline takes
             the result when it mounts).
+        freeze_gc: once the first full listing is on screen, move what exists out of the
+            garbage collector's reach (see ``started``; tests that build many apps in one
+            process turn it off).
     """
 
     CSS_PATH = "app.tcss"
@@ -80,7 +203,11 @@ class SnapApp(App[None]):
         Binding("E", "eviction", "Eviction", id="eviction", show=False),
     ]
 
-    watch_state: reactive[WatchState | None] = reactive(None)
+    # ``var``, not ``reactive``: a reactive on the app repaints the whole screen when it
+    # changes; these change up to ten times a second and only the status bar shows them
+    watch_state: var[WatchState | None] = var(None)
+    activity: var[str] = var("")
+    """What a backend operation started from the UI is doing (``snapshot of ~/x: 1,234``)."""
 
     def __init__(
         self,
@@ -93,6 +220,7 @@ class SnapApp(App[None]):
         state_file: Path | None = None,
         user_theme_dir: Path | None = None,
         preload: bool = True,
+        freeze_gc: bool = True,
     ) -> None:
         self.config = config or Config()
         super().__init__()
@@ -118,11 +246,36 @@ class SnapApp(App[None]):
         wanted = str(self._state.get("theme") or self.config.ui.theme)
         if self.get_theme(wanted) is None:
             wanted = theming.DEFAULT_THEME
-        self.theme = wanted
+        self._set_first_theme(wanted)
         self.repo_label = _short_location(store.location)
         self._first_listing: FirstListing | None = FirstListing(store) if preload else None
+        self._frozen = not freeze_gc
+        self.gc_pause = GcPause()
+        """Held by "snapshot now" and while the watcher checkpoints (see ``GcPause``)."""
+        self._watch_gc = False
+        self._watch_throttle: Throttle[WatchState] = Throttle(self, self._set_watch_state)
+        self.activity_throttle: Throttle[str] = Throttle(self, self._set_activity)
+        """Feeds ``activity`` from backend threads (see ``progress``)."""
 
     # ------------------------------------------------------------ theming
+
+    def _set_first_theme(self, name: str) -> None:
+        """Choose the theme before the app runs, without the theme watcher: the watcher
+        schedules a full re-parse of every stylesheet, and the first parse (when the app
+        starts) already uses this theme. What else the watcher does is done here."""
+        self.set_reactive(App.theme, name)
+        dark = self.current_theme.dark
+        self.update_classes(
+            {
+                **{c: False for c in self.classes if c.startswith("-theme-")},
+                f"-theme-{name}": True,
+                "-dark-mode": dark,
+                "-light-mode": not dark,
+            },
+            update=False,
+        )
+        self._refresh_truecolor_filter(self.ansi_theme)  # the ANSI colours of a light theme
+        self.stylesheet.set_variables(self.get_css_variables())
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         try:
@@ -182,6 +335,34 @@ class SnapApp(App[None]):
 
     def on_unmount(self) -> None:
         self.stop_watching()
+
+    @on(_Flush)
+    def _flush_throttle(self, event: _Flush) -> None:
+        event.throttle._flush()
+
+    def _set_watch_state(self, state: WatchState) -> None:
+        self.watch_state = state
+
+    def _set_activity(self, text: str) -> None:
+        self.activity = text
+
+    def progress(self, label: str) -> UiProgress:
+        """A progress sink for a backend call in a worker: ``label: done/total`` in the status
+        bar, ten times a second at most; ``done_activity()`` clears it."""
+        return UiProgress(self.activity_throttle, label)
+
+    def done_activity(self) -> None:
+        """Clear the status bar's activity (thread-safe)."""
+        self.activity_throttle.set("")
+
+    def started(self) -> None:
+        """The first full listing is on screen: what exists now (modules, widgets, thousands of
+        snapshots in the catalog's cache) lives as long as the app. It is moved out of the
+        garbage collector's reach (``gc.freeze``), once: a full collection stops every thread,
+        and scanning these objects made it last ~100 ms while a snapshot or checkpoint ran."""
+        if not self._frozen:
+            self._frozen = True
+            gc.freeze()
 
     def take_first_listing(self) -> FirstListing | None:
         """The listing started with the app, once (later loads list afresh)."""
@@ -336,9 +517,14 @@ class SnapApp(App[None]):
 
     @on(StoreChanged)
     def _broadcast_store_changed(self, event: StoreChanged) -> None:
+        """Every screen that shows repository data gets its own copy (a ``CheckpointLanded``
+        stays one: the timeline adds a row instead of listing everything again)."""
         for screen in self.screen_stack:
             if hasattr(screen, "reload"):
-                screen.post_message(StoreChanged())
+                if isinstance(event, CheckpointLanded):
+                    screen.post_message(CheckpointLanded(event.snapshot, event.forgotten))
+                else:
+                    screen.post_message(StoreChanged())
 
     def store_changed(self) -> None:
         """Tell every screen the repository changed (thread-safe)."""
@@ -348,12 +534,15 @@ class SnapApp(App[None]):
 
     def snapshot_options(self, trigger: str = "manual") -> SnapshotOptions:
         """Options for a snapshot taken from the UI (config excludes applied)."""
+        from backend.snapshots import SnapshotOptions
+
         cfg = self.config.snapshot
         return SnapshotOptions(
             trigger=trigger,
             excludes=tuple(cfg.exclude),
             exclude_caches=cfg.exclude_caches,
             threads=cfg.threads,
+            processes=cfg.processes,
         )
 
     # ------------------------------------------------------------ watching
@@ -388,6 +577,9 @@ class SnapApp(App[None]):
     def stop_watching(self) -> None:
         """Stop watching (idempotent)."""
         self._watch_stop.set()
+        if self._watch_gc:  # a checkpoint was running: the collector is not held for it now
+            self._watch_gc = False
+            self.gc_pause.__exit__()
         w = self._watcher
         if w is not None:
             try:
@@ -397,15 +589,25 @@ class SnapApp(App[None]):
 
     def _watcher_checkpoint_cb(self, result: Any) -> None:
         snap = getattr(result, "snapshot", result)
-        self.post_message(CheckpointLanded(snap if isinstance(snap, Snapshot) else None))
+        forgotten = tuple(getattr(result, "forgotten", ()) or ())
+        self.post_message(CheckpointLanded(snap if isinstance(snap, Snapshot) else None, forgotten))
 
     def _watcher_state_cb(self, state: Any) -> None:
+        # (the watcher's thread, before and after each checkpoint)
+        running = bool(getattr(state, "running", False))
+        if running != self._watch_gc:
+            self._watch_gc = running
+            if running:
+                self.gc_pause.__enter__()
+            else:
+                self.gc_pause.__exit__()
         mode = str(getattr(state, "mode", "events"))
         last = getattr(state, "last_checkpoint", None)
         note = "" if mode in ("events", "starting") else mode
         if getattr(state, "message", None):
             note = f"{note}: {state.message}" if note else str(state.message)
-        self.post_message(
+        # called on every batch of file events: shown ten times a second at most
+        self._watch_throttle.set(
             WatchState(
                 watching=0 if mode == "stopped" else len(getattr(state, "dirs", self.dirs)),
                 pending=int(getattr(state, "pending", 0) or 0),
@@ -426,10 +628,6 @@ class SnapApp(App[None]):
     def _show_watch_state(self, event: WatchState) -> None:
         self.watch_state = event
 
-    @on(CheckpointLanded)
-    def _checkpoint_landed(self, event: CheckpointLanded) -> None:
-        self._broadcast_store_changed(event)
-
     @work(thread=True, group="watch", exit_on_error=False, description="watching")
     def _run_backend_watcher(self) -> None:
         w = self._watcher
@@ -449,29 +647,113 @@ class SnapApp(App[None]):
         )
 
 
-Listing = tuple[list[Snapshot], dict[str, list[str]]]
+PAGE = 120
+"""Snapshots the first paint shows (the newest): more than a tall terminal's rows."""
+PAINT_WAIT_S = 1.0
+"""How long the first listing waits for the first paint before decoding the rest anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Snapshots (oldest first), their protection reasons, and how many there are in all
+    (more than ``len(snapshots)`` for a first page)."""
+
+    snapshots: list[Snapshot]
+    protected: dict[str, list[str]]
+    total: int
+
+    @property
+    def complete(self) -> bool:
+        """Every snapshot is here (not only a first page)."""
+        return len(self.snapshots) >= self.total
 
 
 class FirstListing:
     """The app's first listing, started in a thread as the app is built, so that reading the
-    repository overlaps Textual's start-up: first what the local catalog already has
-    (``cached``: instant, may be stale or empty), then the repository's truth (``synced``).
-    Each is snapshots (oldest first) and protection reasons."""
+    repository overlaps Textual's start-up. Three steps, each a future:
 
-    def __init__(self, store: Store) -> None:
+    - ``page``: the newest ``PAGE`` snapshots, from the local catalog (one indexed query: a
+      few milliseconds with 10,000 snapshots); on a first open (an empty catalog), the
+      newest of the snapshot objects just read, before the catalog is written;
+    - ``cached``: everything the catalog has (decoding 10,000 rows takes ~0.1 s of CPU);
+    - ``synced``: the repository's truth (the catalog brought up to date).
+
+    After the page, the thread waits for ``painted`` (or ``PAINT_WAIT_S``): the first paint
+    does not share the GIL with decoding thousands of rows.
+    """
+
+    def __init__(self, store: Store, page: int | None = None) -> None:
+        self.page: Future[Listing] = Future()
         self.cached: Future[Listing] = Future()
         self.synced: Future[Listing] = Future()
+        self.painted = threading.Event()
+        """Set by the timeline once the page is on screen (or when there is none to show)."""
+        self._n = PAGE if page is None else page
         threading.Thread(
             target=self._run, args=(store,), name="snapdeck-first-listing", daemon=True
         ).start()
 
     def _run(self, store: Store) -> None:
-        for fut, cached in ((self.cached, True), (self.synced, False)):
-            try:
-                snaps = store.list_snapshots(cached=cached)
-                fut.set_result((snaps, store.protection()))
-            except BaseException as exc:  # handed to whoever takes the result
-                fut.set_exception(exc)
+        notes: dict[str, Note] = {}
+        protected: dict[str, list[str]] = {}
+        try:
+            notes = store.meta.notes()
+            protected = store.protection()
+            snaps = [_noted(s, notes.get(s.id)) for s in store.catalog.latest(self._n)]
+            if snaps:
+                self.page.set_result(Listing(snaps, protected, store.catalog.count()))
+        except BaseException as exc:  # the later steps report real problems
+            self.page.set_exception(exc)
+        if self.page.done():
+            self.painted.wait(PAINT_WAIT_S)
+            self._step(self.cached, store, cached=True)
+            self._step(self.synced, store, cached=False)
+            return
+
+        # An empty catalog (a first open): every snapshot object is read; the newest are
+        # painted before the catalog is written.
+        def on_read(snaps: list[Snapshot], gone: set[str]) -> None:
+            newest = sorted(heapq.nlargest(self._n, snaps, key=_BY_TIME), key=_BY_TIME)
+            page = [_noted(s, notes.get(s.id)) for s in newest]
+            self.page.set_result(Listing(page, protected, len(snaps)))
+            self.painted.wait(PAINT_WAIT_S)
+
+        try:
+            store.catalog.sync(store.repo, on_read=on_read)
+        except BaseException as exc:
+            for fut in (self.page, self.cached, self.synced):
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if not self.page.done():
+            self.page.set_result(Listing([], protected, 0))
+        self._step(self.cached, store, cached=True)  # now the repository's truth as well
+        failed = self.cached.exception()
+        if failed is not None:
+            self.synced.set_exception(failed)
+        else:
+            self.synced.set_result(self.cached.result())
+
+    @staticmethod
+    def _step(fut: Future[Listing], store: Store, *, cached: bool) -> None:
+        try:
+            snaps = store.list_snapshots(cached=cached)
+            fut.set_result(Listing(snaps, store.protection(), len(snaps)))
+        except BaseException as exc:  # handed to whoever takes the result
+            fut.set_exception(exc)
+
+
+_BY_TIME = attrgetter("time", "id")
+
+
+def _noted(s: Snapshot, note: Note | None) -> Snapshot:
+    """A catalog row with its note (edited tags, pin) applied, as ``list_snapshots`` does."""
+    if note is None:
+        return s
+    tags = note.tags if note.tags is not None else s.tags
+    if tags == s.tags and note.pinned == s.pinned:
+        return s
+    return replace(s, tags=tags, pinned=note.pinned)
 
 
 def run_builtin_watcher(

@@ -24,9 +24,20 @@ from backend.config import Config, default_cache_dir, default_repo_path, load_co
 from backend.crypto import CIPHERS, DEFAULT_CIPHER
 from backend.errors import Cancelled, StoreError, UsageError
 from backend.model import Entry, EntryKind, RestoreResult, Snapshot
-from backend.snapshots import SnapshotOptions, escape_path
 from backend.store import Store
 from backend.units import format_size
+
+# Start-up time (issue 4): every command imports this module and those of the other areas, so
+# modules only some commands need (the snapshot pipeline, check, restore, watch, Textual,
+# rich) are imported inside those commands, not here.
+
+
+def escape_path(p: bytes | str) -> str:
+    """``backend.snapshots.escape_path``, imported on first use."""
+    from backend.snapshots import escape_path as escape
+
+    return escape(p)
+
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -445,6 +456,8 @@ def snapshot(
 
     Exit code 3 when the snapshot was taken but some files could not be read.
     """
+    from backend.snapshots import SnapshotOptions
+
     c = get_ctx()
     when = _parse_time(time_)
     store = c.store()
@@ -459,6 +472,7 @@ def snapshot(
             excludes=(*cfg.exclude, *excludes),
             exclude_caches=cfg.exclude_caches,
             threads=cfg.threads,
+            processes=cfg.processes,  # core: worker processes (backend/workers.py)
         )
         with progress_bar(c, f"snapshot {p}") as prog:
             res = store.create_snapshot(p, options=opts, progress=prog, cancel=c.cancel)
@@ -720,6 +734,7 @@ def restore(
                 "--in-place takes no --include, --dry-run, --overwrite, --delete or "
                 "--keep-setuid (it always makes the source equal the snapshot)"
             )
+        from backend.snapshots import SnapshotOptions
         from tui.cmd_history import report_in_place
 
         scfg = c.config.snapshot
@@ -927,6 +942,8 @@ def ui(dirs: tuple[str, ...], no_watch: bool) -> None:
         run_app = None
     if run_app is None:
         # The TUI is not built yet: take a snapshot of DIR and show the listing.
+        from backend.snapshots import SnapshotOptions
+
         store = c.store()
         for d in targets:
             res = store.create_snapshot(

@@ -10,12 +10,11 @@ is sound again, 3 when some data could not be saved (lost blobs, snapshots it ca
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from backend.check import CheckResult
 from backend.errors import IntegrityError, UsageError
-from backend.repair import RepairResult
 from tui.cli import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -26,6 +25,10 @@ from tui.cli import (
     info,
     progress_bar,
 )
+
+if TYPE_CHECKING:  # the check and repair modules load with the command (start-up time)
+    from backend.check import CheckResult
+    from backend.repair import RepairResult
 
 EXIT_DAMAGED = IntegrityError.exit_code
 """``check`` found damage (20)."""

@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from backend.config import default_cache_dir
-from backend.copying import copy_notes, copy_snapshots
 from backend.errors import UsageError
 from backend.keys import as_password, configured_password, password_from_file
 from backend.store import Store
@@ -72,6 +71,8 @@ def copy(
     that snapshot's tags itself); with --refs, named refs pointing at a copied snapshot too,
     unless the destination has a ref of that name pointing elsewhere. HEADs are not copied.
     """
+    from backend.copying import copy_notes, copy_snapshots  # with the command (start-up time)
+
     c = get_ctx()
     if to_repo:
         c.repo = to_repo

@@ -9,17 +9,13 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from backend.errors import UsageError
-from backend.evict import EvictResult
-from backend.history import log_graph, render_graph
 from backend.model import Snapshot
-from backend.snapshots import SnapshotOptions, escape_path
 from backend.units import format_size
-from backend.watch import WatchCheckpoint, Watcher, WatchState
 from tui.cli import (
     EXIT_PARTIAL,
     _report_restore,
@@ -27,10 +23,18 @@ from tui.cli import (
     cli,
     common,
     emit_json,
+    escape_path,
     get_ctx,
     info,
     progress_bar,
 )
+
+if TYPE_CHECKING:
+    from backend.evict import EvictResult
+    from backend.watch import WatchCheckpoint, WatchState
+
+# The snapshot pipeline, history and watch modules are imported inside the commands that use
+# them: every snapdeck command imports this module, and most never need them (start-up time).
 
 # ------------------------------------------------------------------ watch
 
@@ -60,6 +64,9 @@ def watch(dirs: tuple[str, ...], quiet_ms: int | None, min_interval_s: float | N
     On Ctrl-C/SIGTERM the checkpoint in flight finishes (a second signal abandons it:
     nothing of it is saved) and the exit code is 0.
     """
+    from backend.snapshots import SnapshotOptions
+    from backend.watch import Watcher
+
     c = get_ctx()
     for d in dirs:
         if not os.path.isdir(d):
@@ -112,7 +119,10 @@ def watch(dirs: tuple[str, ...], quiet_ms: int | None, min_interval_s: float | N
         list(dirs),
         cfg,
         options=SnapshotOptions(
-            excludes=scfg.exclude, exclude_caches=scfg.exclude_caches, threads=scfg.threads
+            excludes=scfg.exclude,
+            exclude_caches=scfg.exclude_caches,
+            threads=scfg.threads,
+            processes=scfg.processes,
         ),
         on_checkpoint=on_checkpoint,
         on_error=on_error,
@@ -157,6 +167,8 @@ def log_(source: str | None, draw: bool, limit: int | None) -> None:
 
     --json: a list of nodes {id, parent, time, trigger, source, head, refs, tags, pinned, ...}.
     """
+    from backend.history import log_graph, render_graph
+
     c = get_ctx()
     store = c.store()
     snaps = store.list_snapshots(source=source)
@@ -292,6 +304,8 @@ def undo(source: str | None) -> None:
     The current state is kept in a new guard checkpoint first, so `undo` again redoes.
     Exit code 13 when the source was never restored in place.
     """
+    from backend.snapshots import SnapshotOptions
+
     c = get_ctx()
     store = c.store()
     src = os.path.abspath(source or os.getcwd())

@@ -20,9 +20,18 @@ from backend.forget import ForgetPlan
 from backend.prune import DEFAULT_MAX_REPACK_RATIO, PrunePlan, PruneResult
 from backend.retention import Duration as RetentionDuration
 from backend.retention import RetentionPolicy
-from backend.snapshots import escape_path
 from backend.units import format_size, parse_duration, parse_size
-from tui.cli import EXIT_PARTIAL, Ctx, cli, common, emit_json, get_ctx, info, progress_bar
+from tui.cli import (
+    EXIT_PARTIAL,
+    Ctx,
+    cli,
+    common,
+    emit_json,
+    escape_path,
+    get_ctx,
+    info,
+    progress_bar,
+)
 
 T = TypeVar("T")
 

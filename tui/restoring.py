@@ -17,13 +17,14 @@ import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from backend.errors import UsageError
 from backend.model import EntryKind, RestoreResult, Snapshot
-from backend.snapshots import SnapshotOptions
-from backend.store import Store
+
+if TYPE_CHECKING:  # imported where used: the timeline starts without them (issue 5)
+    from backend.snapshots import SnapshotOptions
+    from backend.store import Store
 
 OVERWRITE = "if-changed"
 """Files whose content already matches are left alone: the plan lists only real changes and
@@ -200,6 +201,8 @@ def execute(store: Store, plan: RestorePlan, options: SnapshotOptions) -> Restor
     snap = plan.snapshot
     includes = (plan.path,) if plan.path else ()
     if plan.in_place:
+        from backend.snapshots import SnapshotOptions
+
         guard_opts = SnapshotOptions(
             **{
                 **{s: getattr(options, s) for s in SnapshotOptions.__slots__},
@@ -313,6 +316,8 @@ def _remove(full: str) -> None:
 
 def _unsafe_deletes(target: str, rels: list[str], excludes: tuple[str, ...]) -> list[str]:
     """Deletes that would remove something no snapshot holds (excluded, or in a cache dir)."""
+    import pathspec
+
     spec = pathspec.GitIgnoreSpec.from_lines(excludes) if excludes else None
 
     def unsafe(rel: str, is_dir: bool) -> bool:

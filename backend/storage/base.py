@@ -45,6 +45,26 @@ class ObjectInfo:
     """Last modification, seconds since the epoch."""
 
 
+def check_prefix(kind: str, prefix: str) -> None:
+    """Raise ``UsageError`` unless ``prefix`` can start an object name of ``kind``.
+
+    (issue 4) A listing prefix is a plain string prefix of names (``"heads/"``, ``"ab"``):
+    whole name segments joined by '/' (refs only), the last one possibly partial or empty.
+    """
+    if kind not in KINDS:
+        raise UsageError(f"unknown object kind {kind!r}")
+    if not prefix:
+        return
+    *whole, last = prefix.split("/")
+    if (
+        len(prefix) > 512
+        or (whole and kind != "refs")
+        or not all(_SEGMENT.match(seg) for seg in whole)
+        or (last and not _SEGMENT.match(last))
+    ):
+        raise UsageError(f"invalid {kind} listing prefix {prefix!r}")
+
+
 def check_name(kind: str, name: str) -> None:
     """Raise ``UsageError`` unless ``kind``/``name`` is a valid object address."""
     if kind not in KINDS:
@@ -97,8 +117,10 @@ class ObjectStorage(Protocol):
         """Size and mtime; ``ObjectNotFound`` if absent."""
         ...
 
-    def list(self, kind: str) -> Iterator[ObjectInfo]:
-        """Every object of a kind, in no particular order; never temp files."""
+    def list(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object of a kind whose name starts with ``prefix``, in no particular order;
+        never temp files. A prefix ending in '/' lists one ref folder (``"access/"``) without
+        visiting the others; ``check_prefix`` says which prefixes are valid."""
         ...
 
     def delete(self, kind: str, name: str) -> None:

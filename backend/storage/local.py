@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backend.errors import ObjectExists, ObjectNotFound, StoreError, UsageError
-from backend.storage.base import KINDS, Data, ObjectInfo, check_name
+from backend.storage.base import KINDS, Data, ObjectInfo, check_name, check_prefix
 
 __all__ = ["LocalStorage", "check_address", "check_kind"]
 
@@ -509,32 +509,48 @@ class LocalStorage:
             raise self._not_found(kind, name)
         return ObjectInfo(name=name, size=st.st_size, mtime=st.st_mtime)
 
-    def list(self, kind: str) -> Iterator[ObjectInfo]:
-        """Every object of a kind, in no particular order; never temp files.
+    def list(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object of a kind whose name starts with ``prefix``, in no particular order;
+        never temp files. Only the directories that can hold such names are read (a ref
+        folder, a data fan-out directory), and only matching entries are stat'ed.
 
         Raises:
-            UsageError: An unknown kind (at once, not on iteration).
+            UsageError: An unknown kind or an invalid prefix (at once, not on iteration).
             StoreError: A directory cannot be read (on iteration).
         """
-        check_kind(kind)
-        return self._iter_kind(kind)
+        check_prefix(kind, prefix)
+        return self._iter_kind(kind, prefix)
 
-    def _iter_kind(self, kind: str) -> Iterator[ObjectInfo]:
+    def _iter_kind(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self._kind_dir(kind)
         if kind == "config":
-            try:
-                yield self.stat("config", "config")
-            except ObjectNotFound:
-                pass
+            if "config".startswith(prefix):
+                try:
+                    yield self.stat("config", "config")
+                except ObjectNotFound:
+                    pass
         elif kind == "data":
+            if len(prefix) >= 2:  # one fan-out directory
+                yield from _files(os.path.join(base, prefix[:2]), "", prefix)
+                return
             for sub in _scan(base):
-                if sub.name.startswith(".") or not sub.is_dir(follow_symlinks=False):
+                if (
+                    sub.name.startswith(".")
+                    or not sub.name.startswith(prefix)
+                    or not sub.is_dir(follow_symlinks=False)
+                ):
                     continue
                 yield from _files(sub.path, "")
         elif kind == "refs":
-            yield from _walk_refs(base, "")
+            folder = prefix.rpartition("/")[0]  # the deepest folder every match is in
+            if folder:
+                yield from _walk_refs(
+                    os.path.join(base, *folder.split("/")), folder + "/", prefix
+                )
+            else:
+                yield from _walk_refs(base, "", prefix)
         else:
-            yield from _files(base, "")
+            yield from _files(base, "", prefix)
 
     def close(self) -> None:
         """Close cached pack descriptors."""
@@ -571,23 +587,35 @@ def _info(entry: os.DirEntry[str], name: str) -> ObjectInfo | None:
     return ObjectInfo(name=name, size=st.st_size, mtime=st.st_mtime)
 
 
-def _files(directory: str, prefix: str) -> Iterator[ObjectInfo]:
+def _files(directory: str, prefix: str, match: str = "") -> Iterator[ObjectInfo]:
+    """The objects in ``directory`` (names ``prefix + entry``) whose name starts with
+    ``match``."""
     for entry in _scan(directory):
         # Object names never start with '.', so this hides temp files and nothing else of ours.
         if entry.name.startswith("."):
             continue
-        info = _info(entry, prefix + entry.name)
+        name = prefix + entry.name
+        if match and not name.startswith(match):
+            continue
+        info = _info(entry, name)
         if info is not None:
             yield info
 
 
-def _walk_refs(directory: str, prefix: str) -> Iterator[ObjectInfo]:
+def _walk_refs(directory: str, prefix: str, match: str = "") -> Iterator[ObjectInfo]:
+    """The refs below ``directory`` (named ``prefix + path``) whose name starts with
+    ``match``; a sub-folder is entered only if names below it can match."""
     for entry in _scan(directory):
         if entry.name.startswith("."):
             continue
+        name = prefix + entry.name
         if entry.is_dir(follow_symlinks=False):
-            yield from _walk_refs(entry.path, f"{prefix}{entry.name}/")
+            folder = name + "/"
+            if folder.startswith(match) or match.startswith(folder):
+                yield from _walk_refs(entry.path, folder, match)
             continue
-        info = _info(entry, prefix + entry.name)
+        if match and not name.startswith(match):
+            continue
+        info = _info(entry, name)
         if info is not None:
             yield info

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 
 from backend.errors import ObjectExists, ObjectNotFound, UsageError
-from backend.storage.base import KINDS, Data, ObjectInfo
-from backend.storage.local import check_address, check_kind
+from backend.storage.base import KINDS, Data, ObjectInfo, check_prefix
+from backend.storage.local import check_address
 
 __all__ = ["MemoryStorage"]
 
@@ -117,17 +117,19 @@ class MemoryStorage:
         content, mtime = self._read(kind, name)
         return ObjectInfo(name=name, size=len(content), mtime=mtime)
 
-    def list(self, kind: str) -> Iterator[ObjectInfo]:
-        """Every object of a kind (a snapshot taken at the call).
+    def list(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object of a kind whose name starts with ``prefix`` (a snapshot taken at the
+        call).
 
         Raises:
-            UsageError: An unknown kind.
+            UsageError: An unknown kind or an invalid prefix.
         """
-        check_kind(kind)
+        check_prefix(kind, prefix)
         with self._lock:
             infos = [
                 ObjectInfo(name=name, size=len(content), mtime=mtime)
                 for name, (content, mtime) in self._objects[kind].items()
+                if name.startswith(prefix)
             ]
         return iter(infos)
 

@@ -11,18 +11,22 @@ Object keys under ``s3://bucket/prefix`` are the local layout's paths::
 
 Invariants:
 
-* An object is visible only once complete. Small objects go in one PUT; packs of 12 MiB and
-  more go as a multipart upload streamed from the pack's parts (no joined copy; parts upload
-  in parallel), which S3 makes visible only at ``CompleteMultipartUpload``. A client or
-  server that dies midway leaves nothing under the name.
+* An object is visible only once complete. Objects go in one PUT (a pack's parts are sent as
+  they are, never joined into one buffer); objects of 64 MiB and more go as a multipart
+  upload streamed from the parts (parts upload in parallel), which S3 makes visible only at
+  ``CompleteMultipartUpload``. A client or server that dies midway leaves nothing under the
+  name.
 * ``put(..., overwrite=False)`` of a single-PUT object sends ``If-None-Match: *``: the server
   creates the object only if the key is free, so of several racing writers exactly one wins
   (lock objects rely on this). When a retried create finds the name taken by identical bytes
   (our own first attempt whose reply was lost), it counts as written.
 * ``replace_if`` sends ``If-Match: <etag>`` (compare-and-swap).
 * Small ranged reads of packs fetch the aligned 4 MiB window around them and keep the last
-  few windows (32 MiB at most), so a restore pays neither one round trip per small blob nor
-  a second download of the same bytes.
+  few windows (32 MiB at most, read-ahead included), so a restore pays neither one round
+  trip per small blob nor a second download of the same bytes; a sequential walk reads the
+  next window ahead in the background, and ``prefetch`` lets a reader ask for ranges early.
+* A process forked after S3 requests were made gets a clear error from any request instead
+  of waiting forever (obstore's runtime threads do not survive ``fork``).
 * Every client error becomes a ``StoreError`` with a one-line message.
 """
 
@@ -36,6 +40,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -47,8 +52,8 @@ from backend.errors import (
     StoreError,
     UsageError,
 )
-from backend.storage.base import Data, ObjectInfo
-from backend.storage.local import check_address, check_kind
+from backend.storage.base import Data, ObjectInfo, check_prefix  # issue 4: check_prefix
+from backend.storage.local import check_address
 
 if TYPE_CHECKING:
     from backend.config import S3Config
@@ -69,15 +74,28 @@ REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
 DEFAULT_REGION = "us-east-1"
 
 READ_AHEAD = 4 * 1024 * 1024
-"""A ranged pack read shorter than this fetches this much (clipped at the object's end)."""
+"""Window size: a short ranged pack read fetches the aligned window of this size around it
+(clipped at the object's end)."""
 READ_CACHE_BYTES = 32 * 1024 * 1024
-"""At most this many bytes of read-ahead windows are kept."""
-MULTIPART_MIN = 12 * 1024 * 1024
-"""Packs at least this big are sent as a multipart upload (at least two parts)."""
+"""At most this many bytes of windows are kept (and being fetched)."""
+READ_AHEAD_WINDOWS = 1
+"""Sequential read-ahead: reading window i of a pack right after window i-1 (or a window
+that was read ahead) fetches windows i+1.. i+this in the background. A restore walks packs
+roughly in the order the snapshot wrote them; a lone read (a file preview) fetches nothing
+more."""
+READ_AHEAD_THREADS = 2
+"""Background window fetches at once (per storage object)."""
+MULTIPART_MIN = 64 * 1024 * 1024
+"""Packs at least this big are sent as a multipart upload. Smaller ones (every pack of the
+default 16 MiB target) go in one conditional PUT: one request instead of HEAD + create +
+parts + complete, create-if-absent done by the server, nothing left behind by a crash, and
+as fast on SeaweedFS (measured: a multipart upload of a 16 MiB pack was no faster)."""
 PART_SIZE = 8 * 1024 * 1024
 """Multipart part size (S3's minimum is 5 MiB for every part but the last)."""
 PART_CONCURRENCY = 4
 """Parts of one upload in flight at once."""
+UPLOAD_THREADS = 2
+"""Pack uploads a repository runs in parallel, in background threads (measured: bench/s3.py)."""
 COMPARE_LIMIT = 1024 * 1024
 """A create that finds its name taken compares contents only for objects up to this size."""
 
@@ -178,24 +196,102 @@ def _status(exc: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_runtime_started = False
+"""Whether this process has sent a request (which starts obstore's runtime threads)."""
+_forked = False
+"""Set in a child forked after the runtime started: its threads do not survive ``fork``, so
+a request from the child would wait forever (any S3Storage, old or new)."""
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = _forked or _runtime_started
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _ReadCache:
-    """Aligned windows of immutable packs, bounded by total bytes, fetched once.
+    """Aligned windows of immutable packs, bounded by total bytes, fetched once, read ahead.
 
     A window is ``[i * size, (i + 1) * size)`` of one object, so windows never overlap and
     every byte is downloaded once while it stays cached. Threads asking for a window that is
-    being fetched wait for that fetch instead of starting their own.
+    being fetched wait for that fetch instead of starting their own. Windows being fetched
+    count against the capacity, so the cache (with the read-ahead) stays within it.
+
+    Sequential read-ahead: reading window i when window i-1 is cached, or when window i was
+    itself read ahead, fetches windows i+1..i+ahead (within the object's known size) on a
+    couple of background threads; a walk through a pack then finds its next window there.
+
+    Args:
+        capacity: Bytes of windows kept at most.
+        window: Window size.
+        fetch: ``fetch(key, start, length) -> (bytes, object size)``; raises on errors.
+        ahead: Windows fetched in the background after a sequential window read.
+        threads: Background fetches at once.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        window: int,
+        fetch: Callable[[str, int, int], tuple[memoryview, int]],
+        *,
+        ahead: int = READ_AHEAD_WINDOWS,
+        threads: int = READ_AHEAD_THREADS,
+    ) -> None:
         self.capacity = capacity
+        self.window = window
+        self._fetch = fetch
+        self.ahead = ahead if window > 0 else 0
+        self.threads = threads
         self._lock = threading.Lock()
         self._windows: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
         self._pending: dict[tuple[str, int], threading.Event] = {}
+        self._sizes: dict[str, int] = {}
+        self._ahead_loaded: set[tuple[str, int]] = set()
+        """Windows fetched in the background and not read yet."""
         self._size = 0
+        self._background = 0
+        self._pool: ThreadPoolExecutor | None = None
 
-    def get(self, key: str, start: int, fetch: Callable[[], memoryview]) -> memoryview:
-        """The window of ``key`` at ``start``, from the cache or from ``fetch()``."""
-        wkey = (key, start)
+    def read(self, key: str, offset: int, length: int) -> bytes | None:
+        """``length`` bytes of ``key`` from ``offset`` out of at most two windows, or None
+        when the range needs more (the caller reads it directly)."""
+        w = self.window
+        first, last = offset // w, (offset + length - 1) // w
+        if last - first > 1 or 2 * w > self.capacity:
+            return None
+        size = self._sizes.get(key)
+        if size is not None and offset >= size:
+            return b""
+        with self._lock:
+            streaming = (key, first - 1) in self._windows or (key, first) in self._ahead_loaded
+            self._ahead_loaded.discard((key, first))
+        out = []
+        for i in range(first, last + 1):
+            data = self._get(key, i)
+            lo = max(offset, i * w) - i * w
+            hi = min(offset + length, (i + 1) * w) - i * w
+            out.append(data[lo:hi])
+        if streaming:
+            self._read_ahead(key, last)
+        if len(out) == 1:
+            return bytes(out[0])
+        return b"".join(out)
+
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        """Start fetching the windows of a range that is about to be read (a hint)."""
+        w = self.window
+        if w <= 0 or length <= 0:
+            return
+        for i in range(offset // w, (offset + length - 1) // w + 1):
+            if not self._start_background(key, i):
+                break
+
+    def _get(self, key: str, i: int) -> memoryview:
+        """Window ``i`` of ``key``, from the cache or fetched in this thread."""
+        wkey = (key, i)
         while True:
             with self._lock:
                 data = self._windows.get(wkey)
@@ -205,42 +301,113 @@ class _ReadCache:
                 waiting = self._pending.get(wkey)
                 if waiting is None:
                     done = self._pending[wkey] = threading.Event()
+                    self._make_room_locked()
                     break
             waiting.wait()  # then look again (the fetch may have failed: try ourselves)
+        return self._load(wkey, done)
+
+    def _load(self, wkey: tuple[str, int], done: threading.Event) -> memoryview:
+        key, i = wkey
         try:
-            data = fetch()
-            self._add(wkey, data)
+            data, size = self._fetch(key, i * self.window, self.window)
+            with self._lock:
+                self._sizes[key] = size
+                self._windows[wkey] = data
+                self._size += len(data)
             return data
         finally:
             with self._lock:
                 self._pending.pop(wkey, None)
             done.set()
 
-    def _add(self, wkey: tuple[str, int], data: memoryview) -> None:
-        if len(data) > self.capacity:
-            return
+    def _make_room_locked(self) -> None:
+        """Evict the least recently used windows until those kept plus those being fetched
+        fit in the capacity."""
+        while self._windows and self._size + self.window * len(self._pending) > self.capacity:
+            k, dropped = self._windows.popitem(last=False)
+            self._size -= len(dropped)
+            self._ahead_loaded.discard(k)
+
+    def _read_ahead(self, key: str, i: int) -> None:
+        for j in range(i + 1, i + 1 + self.ahead):
+            if not self._start_background(key, j):
+                break
+
+    def _start_background(self, key: str, i: int) -> bool:
+        """Fetch window ``i`` of ``key`` in the background unless it is cached, being
+        fetched, past the object's end, or the cache is busy; False to stop looking further."""
+        wkey = (key, i)
         with self._lock:
-            old = self._windows.pop(wkey, None)
-            if old is not None:
-                self._size -= len(old)
-            self._windows[wkey] = data
-            self._size += len(data)
-            while self._size > self.capacity:
-                _k, dropped = self._windows.popitem(last=False)
-                self._size -= len(dropped)
+            size = self._sizes.get(key)
+            if size is not None and i * self.window >= size:
+                return False
+            if wkey in self._windows or wkey in self._pending:
+                return True
+            if self._background >= self.threads or (
+                self.window * (len(self._pending) + 1) > self.capacity
+            ):
+                return False
+            done = self._pending[wkey] = threading.Event()
+            self._make_room_locked()
+            self._background += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="s3-read-ahead")
+            pool = self._pool
+        try:
+            pool.submit(self._background_load, wkey, done)
+        except RuntimeError:  # shut down meanwhile
+            with self._lock:
+                self._pending.pop(wkey, None)
+                self._background -= 1
+            done.set()
+            return False
+        return True
+
+    def _background_load(self, wkey: tuple[str, int], done: threading.Event) -> None:
+        try:
+            self._load(wkey, done)
+            with self._lock:
+                if wkey in self._windows:
+                    self._ahead_loaded.add(wkey)
+        except Exception as exc:  # a reader that needs it fetches it again and sees the error
+            logger.debug("read-ahead of %s window %d failed: %s", wkey[0], wkey[1], exc)
+        finally:
+            with self._lock:
+                self._background -= 1
 
     def forget(self, key: str) -> None:
+        """Drop the cached windows of ``key`` (it was rewritten or deleted)."""
         with self._lock:
             for k in [k for k in self._windows if k[0] == key]:
                 self._size -= len(self._windows.pop(k))
+                self._ahead_loaded.discard(k)
+            self._sizes.pop(key, None)
+
+    def close(self) -> None:
+        """Drop every window and stop the background threads (a reader still waiting for a
+        cancelled fetch is woken up and fetches for itself)."""
+        with self._lock:
+            self._windows.clear()
+            self._ahead_loaded.clear()
+            self._sizes.clear()
+            self._size = 0
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            stranded = list(self._pending.values())
+            self._pending.clear()
+            self._background = 0
+        for event in stranded:
+            event.set()
 
 
 class S3Storage:
     """An ``ObjectStorage`` in an S3 bucket, under an optional key prefix.
 
-    Thread-safe: one HTTP connection pool serves every thread, and requests run without the
-    GIL, so the snapshot pipeline's threads upload packs in parallel (memory stays bounded by
-    the number of threads times the pack size).
+    Thread-safe: one HTTP connection pool (keep-alive, reused) serves every thread, and
+    requests run without the GIL. The repository uploads packs from ``upload_threads``
+    background threads (``backend/uploader.py``), so at most that many packs are in flight.
 
     Args:
         bucket: The bucket name.
@@ -251,6 +418,8 @@ class S3Storage:
 
     location: str
     """``s3://bucket/prefix``."""
+    upload_threads = UPLOAD_THREADS
+    """Packs the repository uploads at once (its background uploader reads this)."""
 
     def __init__(
         self,
@@ -269,7 +438,7 @@ class S3Storage:
         """Requests sent, by operation (``GET``, ``PUT``, ``LIST``…) and by operation and kind
         (``GET snapshots``); for tests and profiling."""
         self._count_lock = threading.Lock()
-        self._cache = _ReadCache(READ_CACHE_BYTES)
+        self._cache = self._new_cache()
         s = self.settings
         config: dict[str, Any] = {
             "region": s.region,
@@ -321,6 +490,14 @@ class S3Storage:
     # -- helpers -------------------------------------------------------------------------------
 
     def _count(self, op: str, kind: str = "") -> None:
+        """Count a request about to be sent (every request path calls this first)."""
+        global _runtime_started
+        if _forked:
+            raise StoreError(
+                f"cannot reach {self.location} from a process forked after S3 requests were "
+                "made (the S3 client's threads do not survive fork): read in the parent"
+            )
+        _runtime_started = True
         with self._count_lock:
             self.requests[op] += 1
             if kind:
@@ -467,10 +644,12 @@ class S3Storage:
             self._check_ref_clash(name)
         key = self._key(kind, name)
         parts = data if isinstance(data, list) else [data]
-        if kind == "data" and sum(len(p) for p in parts) >= MULTIPART_MIN:
+        total = sum(len(p) for p in parts)
+        if kind == "data" and total >= MULTIPART_MIN:
             self._put_multipart(kind, name, key, parts, overwrite)
             return
-        content = b"".join(parts) if len(parts) > 1 else bytes(parts[0])
+        # A list of parts goes as it is: obstore sends the buffers without joining them.
+        content: bytes | list[Any] = parts if len(parts) > 1 else bytes(parts[0])
         self._count("PUT", kind)
         try:
             obstore.put(
@@ -482,7 +661,11 @@ class S3Storage:
             )
         except Exception as exc:
             err = self._error(exc, "write", kind, name)
-            if isinstance(err, ObjectExists) and self._holds(kind, name, content):
+            if (
+                isinstance(err, ObjectExists)
+                and total <= COMPARE_LIMIT
+                and self._holds(kind, name, b"".join(parts))
+            ):
                 return  # our own earlier attempt landed; its reply was lost
             raise err from None
         if kind == "data":
@@ -628,21 +811,46 @@ class S3Storage:
         if length == 0:
             self._head(kind, name)  # still report a missing object
             return b""
-        size = self.read_ahead
-        if kind == "data" and length < size:
-            start = offset - offset % size
-            if offset + length <= start + size:  # inside one aligned window
-                window = self._cache.get(
-                    key, start, lambda: self._fetch_view(kind, name, key, start, size)
-                )
-                return bytes(window[offset - start : offset - start + length])
+        if kind == "data" and self.read_ahead > 0 and length < self.read_ahead:
+            data = self._cache.read(key, offset, length)
+            if data is not None:
+                return data
         return self._fetch(kind, name, key, offset, length)
 
-    def _fetch(self, kind: str, name: str, key: str, offset: int, length: int) -> bytes:
-        return bytes(self._fetch_view(kind, name, key, offset, length))
+    def prefetch(self, kind: str, name: str, offset: int, length: int) -> None:
+        """A hint that ``length`` bytes at ``offset`` of a pack will be read soon: their
+        windows are fetched in the background (while the read-ahead cache has room).
 
-    def _fetch_view(self, kind: str, name: str, key: str, offset: int, length: int) -> memoryview:
-        """The range as a view of obstore's buffer (no copy into a Python bytes object)."""
+        Readers that know their next packs (a restore) call this to overlap downloads with
+        their work; a read of the range then waits for the fetch instead of starting another.
+        Nothing happens for other kinds, invalid addresses or with read-ahead off.
+        """
+        if kind != "data" or self.read_ahead <= 0 or offset < 0 or length <= 0:
+            return
+        try:
+            check_address(kind, name)
+        except UsageError:
+            return
+        self._cache.prefetch(self._key(kind, name), offset, length)
+
+    def _new_cache(self) -> _ReadCache:
+        return _ReadCache(READ_CACHE_BYTES, self.read_ahead, self._fetch_window)
+
+    def _fetch_window(self, key: str, start: int, length: int) -> tuple[memoryview, int]:
+        """One window of a pack as a view of obstore's buffer (no copy), and the pack's size."""
+        import obstore
+
+        self._count("GET", "data")
+        try:
+            res = obstore.get(self._store, key, options={"range": (start, start + length)})
+            return memoryview(res.bytes()), int(res.meta["size"])
+        except Exception as exc:
+            if _status(exc) == 416:  # the window starts at or past the end
+                return memoryview(b""), start
+            name = key.rpartition("/")[2]
+            raise self._error(exc, "read", "data", name) from None
+
+    def _fetch(self, kind: str, name: str, key: str, offset: int, length: int) -> bytes:
         import obstore
 
         self._count("GET", kind)
@@ -650,9 +858,9 @@ class S3Storage:
             buf = obstore.get_range(self._store, key, start=offset, end=offset + length)
         except Exception as exc:
             if _status(exc) == 416:  # the range starts at or past the end
-                return memoryview(b"")
+                return b""
             raise self._error(exc, "read", kind, name) from None
-        return memoryview(buf)
+        return bytes(buf)
 
     def _head(self, kind: str, name: str) -> Mapping[str, Any]:
         import obstore
@@ -688,33 +896,44 @@ class S3Storage:
             name=name, size=int(meta["size"]), mtime=meta["last_modified"].timestamp()
         )
 
-    def list(self, kind: str) -> Iterator[ObjectInfo]:
-        """Every object of a kind (a paged listing; objects that are not ours are skipped).
+    def list(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object of a kind whose name starts with ``prefix`` (a paged listing; objects
+        that are not ours are skipped).
 
         Raises:
-            UsageError: An unknown kind (at once, not on iteration).
+            UsageError: An unknown kind or an invalid prefix (at once, not on iteration).
             StoreError: The listing failed (on iteration).
         """
-        check_kind(kind)
-        return self._iter_kind(kind)
+        check_prefix(kind, prefix)  # issue 4: listing prefix
+        return self._iter_kind(kind, prefix)
 
-    def _iter_kind(self, kind: str) -> Iterator[ObjectInfo]:
+    def _iter_kind(self, kind: str, prefix: str = "") -> Iterator[ObjectInfo]:
         import obstore
 
         if kind == "config":
-            try:
-                yield self.stat("config", "config")
-            except ObjectNotFound:
-                pass
+            if "config".startswith(prefix):
+                try:
+                    yield self.stat("config", "config")
+                except ObjectNotFound:
+                    pass
             return
         base = f"{kind}/"
+        # issue 4: S3 lists by key prefix, but obstore matches whole path segments only, so
+        # list the deepest folder every match is in (a data fan-out dir, a ref folder) and
+        # filter the last, partial segment here.
+        if kind == "data" and len(prefix) >= 2:
+            folder = f"{base}{prefix[:2]}/"
+        elif kind == "refs" and "/" in prefix:
+            folder = f"{base}{prefix.rpartition('/')[0]}/"
+        else:
+            folder = base
         self._count("LIST", kind)
         try:
-            stream = obstore.list(self._store, base, chunk_size=1000)
+            stream = obstore.list(self._store, folder, chunk_size=1000)
             for chunk in stream:
                 for meta in chunk:
                     info = self._listed(kind, meta["path"][len(base) :], meta)
-                    if info is not None:
+                    if info is not None and info.name.startswith(prefix):
                         yield info
         except StoreError:
             raise
@@ -738,5 +957,7 @@ class S3Storage:
         )
 
     def close(self) -> None:
-        """Drop cached windows (the connection pool goes with the object)."""
-        self._cache = _ReadCache(READ_CACHE_BYTES)
+        """Drop cached windows and stop read-ahead (the connection pool goes with the
+        object)."""
+        old, self._cache = self._cache, self._new_cache()
+        old.close()

@@ -228,3 +228,37 @@ def test_usage_cache_gives_the_same_graph_and_reads_only_new_trees(tmp_path: Pat
     again = UsageGraph.build(repo, snaps, cache=cache)
     assert again.trees_read == fresh.trees_read  # every tree read again
     assert snapshot_usage(again) == snapshot_usage(more)
+
+
+def test_usage_cache_follows_forget_and_prune_without_rereading(tmp_path: Path) -> None:
+    """The cached graph is brought up to date, not rebuilt: snapshots forgotten since are
+    released (no tree read), a prune's replaced index segments make every size be looked up
+    again; either way the result equals a fresh build. Unchanged, nothing is read or written:
+    neither the index nor the file."""
+    h = random_history(tmp_path, 7, n=8)
+    repo, cache = h.store.repo, tmp_path / "usage.bin"
+    UsageGraph.build(repo, h.store.list_snapshots(), cache=cache)
+    stamp = cache.stat().st_mtime_ns
+    h.reopen()
+    repo = h.store.repo
+    same = UsageGraph.build(repo, h.store.list_snapshots(), cache=cache)
+    assert same.trees_read == 0 and cache.stat().st_mtime_ns == stamp
+    assert repo._index is None  # the sizes came from the file, not from the index
+    snaps = h.store.list_snapshots()
+    h.store.forget([snaps[1].id, snaps[4].id])
+    left = h.store.list_snapshots()
+    after_forget = UsageGraph.build(repo, left, cache=cache)
+    assert after_forget.trees_read == 0
+    assert snapshot_usage(after_forget) == snapshot_usage(UsageGraph.build(repo, left))
+    h.store.prune(max_repack_ratio=1.0)  # rewrites segments: blobs moved to new packs
+    after_prune = UsageGraph.build(repo, left, cache=cache)
+    assert after_prune.trees_read == 0
+    fresh = UsageGraph.build(repo, left)
+    assert snapshot_usage(after_prune) == snapshot_usage(fresh)
+    exclusive = {sid: u.exclusive_bytes for sid, u in snapshot_usage(after_prune).items()}
+    assert exclusive == brute_force_exclusive(h.store)
+    assert (after_prune.live_bytes, after_prune.live_nodes, after_prune.index_entries) == (
+        fresh.live_bytes,
+        fresh.live_nodes,
+        fresh.index_entries,
+    )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backend.clock import FixedClock
 from backend.errors import SnapshotNotFound, UsageError
+from backend.meta import Meta, Note
 from backend.store import Store
 
 
@@ -111,3 +114,60 @@ def test_forget_removes_snapshot_and_its_note(store: Store, src: Path) -> None:
     assert [s.id for s in store.list_snapshots()] == [s2.id]
     assert store.meta.notes() == {}
     assert b"".join(store.read_file(s2, "a.txt")) == b"two"
+
+
+class CountingStorage:
+    """A real storage that records what each listing asked for and how much it returned."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.listed: list[tuple[str, str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def list(self, kind: str, prefix: str = "") -> Iterator[Any]:
+        infos = list(self.inner.list(kind, prefix))
+        self.listed.append((kind, prefix, len(infos)))
+        return iter(infos)
+
+
+def test_metadata_reads_list_only_their_folder_once_per_operation(store: Store, src: Path) -> None:
+    """(issue 4) Many access records cost nothing to reading HEADs, refs and notes: each is
+    listed by its own folder; inside ``Meta.cached`` each folder is listed once, and the
+    thread's own writes are seen."""
+    snaps = []
+    for i in range(3):
+        (src / "a.txt").write_text(str(i))
+        snaps.append(store.create_snapshot(src).snapshot)
+    store.set_pinned(snaps[0], True)
+    store.add_ref("main", snaps[1])
+    for i in range(200):  # access records of snapshots long gone, as after many forgets
+        store.meta.touch(f"{i:064x}", datetime(2026, 1, 1, tzinfo=UTC))
+    counting = CountingStorage(store.storage)
+    meta = Meta(counting)
+    assert meta.heads() and meta.refs() == {"main": snaps[1].id}
+    assert set(meta.notes()) == {snaps[0].id}
+    assert [(k, p) for k, p, _n in counting.listed] == [
+        ("refs", "heads/"),
+        ("refs", "named/"),
+        ("refs", "notes/"),
+    ]
+    assert sum(n for _k, _p, n in counting.listed) == 3  # no access record was listed
+    counting.listed.clear()
+    with meta.cached():
+        for _ in range(3):
+            meta.notes()
+            meta.heads()
+        assert len(counting.listed) == 2
+        meta.set_note(snaps[2].id, Note(("t",), True))  # a write drops what was read
+        assert set(meta.notes()) == {snaps[0].id, snaps[2].id}
+        seen_elsewhere: list[set[str]] = []
+        t = threading.Thread(target=lambda: seen_elsewhere.append(set(meta.notes())))
+        t.start()
+        t.join()
+        assert len(counting.listed) == 4  # the other thread read the storage itself
+    meta.notes()
+    assert len(counting.listed) == 5  # outside the block, every call reads
+    assert seen_elsewhere == [{snaps[0].id, snaps[2].id}]
+    assert len(store.meta.access_times()) == 200

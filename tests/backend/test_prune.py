@@ -239,3 +239,34 @@ def test_prune_interrupted_at_every_step_stays_valid_and_converges(tmp_path: Pat
             verify(s, expected, run)
             assert s.plan_prune().nothing_to_do, k
         shutil.rmtree(run)
+
+
+def test_parallel_deletes_finish_every_other_delete_then_raise(tmp_path: Path) -> None:
+    """``delete_objects`` (prune's and forget's deletes): a failing delete does not stop the
+    others; the first failure is raised once all have run; progress counts the deleted."""
+    from backend.errors import StoreError
+    from backend.meta import delete_objects
+    from backend.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "repo")
+    storage.create()
+    names = [f"{i:064x}" for i in range(50)]
+    for n in names:
+        storage.put("snapshots", n, b"x")
+
+    class Failing:
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(storage, attr)
+
+        def delete(self, kind: str, name: str) -> None:
+            if name in (names[7], names[30]):
+                raise StoreError(f"cannot delete {name}")
+            storage.delete(kind, name)
+
+    done: list[int] = []
+    with pytest.raises(StoreError, match="cannot delete"):
+        delete_objects(Failing(), "snapshots", names, done.append)  # type: ignore[arg-type]
+    assert {i.name for i in storage.list("snapshots")} == {names[7], names[30]}
+    assert sum(done) == 48
+    delete_objects(storage, "snapshots", [names[7], names[30], "0" * 64])  # re-runs converge
+    assert not list(storage.list("snapshots"))

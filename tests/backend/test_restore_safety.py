@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from backend import restore_files as rf
 from backend.errors import IntegrityError, PathNotFound, UnsafeRestore, UsageError
 from backend.format import BLOB_DATA
 from backend.ids import BlobId
@@ -75,6 +76,18 @@ class Hostile:
                 tree=root.hex(),
             )
         )
+
+
+@pytest.fixture(autouse=True, params=["in-process", "workers"])
+def writers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case twice: files written by this process, and by forked worker processes (one
+    file per batch, so that even a restore of two files is spread over the workers)."""
+    if request.param == "workers":
+        if not rf.fork_available():
+            pytest.skip("no fork start method here")
+        monkeypatch.setattr(rf, "FORK_MIN_FILES", 0)
+        monkeypatch.setattr(rf, "BATCH_FILES", 1)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -165,6 +178,52 @@ def test_nested_dotdot_directories_cannot_climb_out(
     with pytest.raises(REFUSED):
         fresh().restore(snap, tmp_path / "a" / "b" / "target")
     assert not any(p.name == "pwned" for p in tmp_path.rglob("*"))
+
+
+def _row(name: bytes, data_id: bytes, **change: Any) -> list[Any]:
+    """A file row of a tree blob as the encoder writes it, with fields replaced."""
+    row: list[Any] = [name, "f", 0o644, 0, 0, MTIME, 4, [data_id], 1, MTIME, 1, None]
+    for k, v in change.items():
+        row[int(k[1:])] = v
+    return row
+
+
+CRAFTED_ROWS = {
+    "duplicate name": lambda ok: [_row(b"a", ok), _row(b"a", ok)],
+    "unsorted names": lambda ok: [_row(b"b", ok), _row(b"a", ok)],
+    "dot-dot name": lambda ok: [_row(b"..", ok)],
+    "slash in name": lambda ok: [_row(b"x/y", ok)],
+    "name not bytes": lambda ok: [_row("a", ok)],  # type: ignore[arg-type]
+    "short blob id": lambda ok: [_row(b"a", ok, f7=[ok[:31]])],
+    "content not a list": lambda ok: [_row(b"a", ok, f7=ok)],
+    "extras not a map": lambda ok: [_row(b"a", ok, f11=[1, 2])],
+    "mode not a number": lambda ok: [_row(b"a", ok, f2="rw")],
+    "short row": lambda ok: [_row(b"a", ok)[:11]],
+}
+
+
+@pytest.mark.parametrize("craft", list(CRAFTED_ROWS.values()), ids=list(CRAFTED_ROWS))
+def test_a_crafted_tree_row_refuses_the_whole_restore(
+    tmp_path: Path, hostile: Hostile, fresh: Callable[[], Store], craft: Any
+) -> None:
+    """Rows the encoder never writes (restore checks plain file rows itself, without making
+    entries): refused like the tree decoder refuses them, and nothing is written."""
+    import msgpack
+
+    from backend.format import BLOB_TREE, FORMAT_VERSION
+
+    ok = bytes(hostile.blob(b"data")[0])
+    good = hostile.file(b"zz-good", b"fine")
+    rows = [*craft(ok), [good.name, "f", 0o644, 0, 0, MTIME, 4, list(good.content), 1, 0, 1, None]]
+    data = msgpack.packb({"v": FORMAT_VERSION, "e": rows}, use_bin_type=True)
+    tid = hostile.repo.hash_blob(data)
+    hostile.repo.put_blob(BLOB_TREE, tid, data)
+    snap = hostile.snapshot([Entry(b"sub", EntryKind.DIR, 0o755, 0, 0, MTIME, 0, payload=tid)])
+    target = tmp_path / "target"
+    with pytest.raises(REFUSED) as info:
+        fresh().restore(snap, target)
+    assert "\n" not in str(info.value)
+    assert not target.exists() or not any(target.rglob("*"))
 
 
 def test_unsafe_name_in_an_unselected_subtree_is_still_refused_or_ignored(
@@ -571,6 +630,19 @@ def test_file_whose_content_does_not_match_its_size_is_not_left_behind(
     res = fresh().restore(snap, target)
     assert [p.path for p in res.problems] == ["liar"]
     assert os.listdir(target) == []
+
+
+def test_values_beyond_64_bits_are_a_problem_of_that_file_not_a_crash(
+    tmp_path: Path, hostile: Hostile, fresh: Callable[[], Store]
+) -> None:
+    late = Entry(b"late", EntryKind.FILE, 0o644, 0, 0, 2**64 - 1, 1, content=hostile.blob(b"l"))
+    odd = Entry(b"odd", EntryKind.FILE, 2**40, 0, 0, MTIME, 1, content=hostile.blob(b"o"))
+    snap = hostile.snapshot([late, odd, hostile.file(b"ok", b"fine")])
+    target = tmp_path / "target"
+    res = fresh().restore(snap, target)
+    assert [p.path for p in res.problems] == ["odd"]
+    assert "\n" not in res.problems[0].message
+    assert read_tree(target) == {b"late": b"l", b"ok": b"fine"}
 
 
 # ---------------------------------------------------------------- zip

@@ -172,6 +172,60 @@ def test_list_per_kind(storage: ObjectStorage) -> None:
     assert {(i.name, i.size) for i in storage.list("data")} == {(PACK, 2), (OTHER_PACK, 2)}
 
 
+def prefixed(store: ObjectStorage, kind: str, prefix: str) -> set[str]:
+    return {info.name for info in store.list(kind, prefix)}
+
+
+def test_list_with_prefix(storage: ObjectStorage) -> None:
+    """(issue 4) A prefix lists only the names that start with it, in every kind; a ref
+    folder ('access/') is listed without its siblings, at any depth."""
+    for name in ("heads/abc", "heads/abd", "headsx", "access/s1", "access/s2", "top"):
+        storage.put("refs", name, name.encode())
+    storage.put("refs", "notes/deep/x", b"n")
+    storage.put("refs", "notes/deeper", b"n")
+    storage.put("data", PACK, b"p1")
+    storage.put("data", "ab" + "9" * 62, b"p2")
+    storage.put("data", OTHER_PACK, b"p3")
+    storage.put("index", "i1", b"i")
+    storage.put("index", "j1", b"j")
+    storage.put("config", "config", b"{}")
+    assert prefixed(storage, "refs", "") == names(storage, "refs")
+    assert prefixed(storage, "refs", "heads/") == {"heads/abc", "heads/abd"}
+    assert prefixed(storage, "refs", "heads") == {"heads/abc", "heads/abd", "headsx"}
+    assert prefixed(storage, "refs", "heads/abc") == {"heads/abc"}
+    assert prefixed(storage, "refs", "heads/ab") == {"heads/abc", "heads/abd"}
+    assert prefixed(storage, "refs", "access/") == {"access/s1", "access/s2"}
+    assert prefixed(storage, "refs", "notes/deep") == {"notes/deep/x", "notes/deeper"}
+    assert prefixed(storage, "refs", "notes/deep/") == {"notes/deep/x"}
+    assert prefixed(storage, "refs", "missing/") == set()
+    assert prefixed(storage, "refs", "t") == {"top"}
+    assert prefixed(storage, "data", "ab") == {PACK, "ab" + "9" * 62}
+    assert prefixed(storage, "data", "ab0") == {PACK}
+    assert prefixed(storage, "data", "c") == {OTHER_PACK}
+    assert prefixed(storage, "data", "ef") == set()
+    assert {(i.name, i.size) for i in storage.list("data", "cd")} == {(OTHER_PACK, 2)}
+    assert prefixed(storage, "index", "i") == {"i1"}
+    assert prefixed(storage, "config", "conf") == {"config"}
+    assert prefixed(storage, "config", "x") == set()
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix"),
+    [
+        ("bogus", ""),
+        ("data", "a/b"),
+        ("refs", "../x"),
+        ("refs", "a//b"),
+        ("refs", "/a"),
+        ("refs", ".tmp"),
+        ("index", "a b"),
+    ],
+)
+def test_invalid_list_prefix_rejected(storage: ObjectStorage, kind: str, prefix: str) -> None:
+    with pytest.raises(UsageError):
+        storage.list(kind, prefix)
+
+
 def test_delete_is_idempotent(storage: ObjectStorage) -> None:
     storage.put("data", PACK, b"x")
     storage.delete("data", PACK)

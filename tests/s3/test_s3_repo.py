@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backend import repository
 from backend.storage.s3 import S3Storage
 from backend.store import Store
 from tests.conftest import isolated_environ, make_tree, read_tree
@@ -52,6 +57,50 @@ def test_snapshot_restore_round_trip(s3_env: SeaweedServer, tmp_path: Path) -> N
     assert read_tree(tmp_path / "out2") == expected
     expected[b"a.txt"] = b"hello\n"
     assert read_tree(tmp_path / "out1") == expected
+
+
+def test_packs_upload_in_parallel_behind_the_pipeline(
+    s3_env: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished packs go to S3 from background threads, two at a time; every index segment
+    is written after the packs it names; the snapshot reads back whole from a fresh open."""
+    monkeypatch.setattr(repository, "PACK_TARGET", 256 * 1024)  # many packs from a small tree
+    rng = random.Random(7)
+    src = tmp_path / "src"
+    make_tree(src, {f"d{i}": {f"f{j}": rng.randbytes(40_000) for j in range(12)} for i in range(6)})
+    real_put = S3Storage.put
+    mu = threading.Lock()
+    active, peak, stored, order_ok = [0], [0], set(), [True]
+
+    def put(self: S3Storage, kind: str, name: str, data: Any, **kw: Any) -> None:
+        with mu:
+            active[0] += kind == "data"
+            peak[0] = max(peak[0], active[0])
+        try:
+            if kind == "index":
+                named = {p for p, _e in repository_of[0].decode_index_segment(bytes(data))}
+                with mu:
+                    order_ok[0] &= named <= stored
+            time.sleep(0.02 if kind == "data" else 0)  # a slower link than loopback
+            real_put(self, kind, name, data, **kw)
+        finally:
+            with mu:
+                active[0] -= kind == "data"
+                if kind == "data":
+                    stored.add(name)
+
+    monkeypatch.setattr(S3Storage, "put", put)
+    repository_of: list[Any] = []
+    location = f"s3://{BUCKET}/{new_prefix()}"
+    with Store.init(location, cache_dir=tmp_path / "cache") as store:
+        repository_of.append(store.repo)
+        snap = store.create_snapshot(src).snapshot
+        assert store.repo.packs_written >= 8 and store.repo.uploads_in_flight == 0
+    assert peak[0] == S3Storage.upload_threads == 2
+    assert order_ok[0]
+    with Store.open(location, cache_dir=tmp_path / "cache2") as store:
+        store.restore(store.get(snap.id), tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
 
 
 def test_catalog_cache_makes_listing_cheap(s3_env: SeaweedServer, tmp_path: Path) -> None:

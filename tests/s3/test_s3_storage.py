@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from backend.config import S3Config
 from backend.errors import ObjectExists, ObjectNotFound, RepositoryNotFound, StoreError
 from backend.locking import acquire_lock
 from backend.storage import open_storage
+from backend.storage import s3 as s3mod
 from backend.storage.s3 import S3Settings, S3Storage
 from tests.s3.server import BUCKET, SeaweedServer, new_bucket, new_prefix
 
@@ -135,6 +138,19 @@ def test_identical_retry_of_a_create_counts_as_written(s3: S3Storage) -> None:
     assert s3.get("locks", "l1") == b"mine"
 
 
+def test_a_pack_goes_as_its_parts_in_one_conditional_put(s3: S3Storage) -> None:
+    """A pack's parts are sent in one PUT without being joined; a second writer of the name
+    is refused by the server (create-if-absent), and an identical small retry counts."""
+    parts = [bytes([i]) * (1000 + i) for i in range(256)]
+    s3.put("data", PACK, parts)
+    assert s3.requests["PUT data"] == 1 and s3.requests["HEAD data"] == 0
+    assert s3.get("data", PACK) == b"".join(parts)
+    s3.put("data", PACK, list(parts))  # our own lost-reply retry: identical bytes
+    with pytest.raises(ObjectExists):
+        s3.put("data", PACK, parts[:-1])
+    assert s3.get("data", PACK) == b"".join(parts)
+
+
 def test_compare_and_swap(s3: S3Storage) -> None:
     s3.put("refs", "heads/x", b"v1")
     tag = s3.etag("refs", "heads/x")
@@ -148,23 +164,99 @@ def test_compare_and_swap(s3: S3Storage) -> None:
         s3.replace_if("refs", "heads/x", b"v4", new_tag)
 
 
-def test_read_ahead_serves_small_reads_from_one_request(s3: S3Storage) -> None:
-    data = bytes(range(256)) * 40_000  # ~10 MiB: more than one window
+def _settle(s3: S3Storage) -> None:
+    """Wait until no window is being fetched (read-ahead runs in background threads)."""
+    deadline = time.monotonic() + 30
+    while s3._cache._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not s3._cache._pending
+
+
+def test_read_ahead_fetches_each_window_once(s3: S3Storage) -> None:
+    """Short pack reads are served from aligned 4 MiB windows. Walking on into the next
+    window reads the one after it ahead, in the background: a walk through a pack costs one
+    GET per window, each made once, and none past the pack's end. A lone read fetches only
+    its own window."""
+    data = bytes(range(256)) * 40_000  # ~9.8 MiB: windows 0, 1 and a short 2
     s3.put("data", PACK, data)
     before = s3.requests["GET"]
     for off in range(0, 3_000_000, 100_003):
         assert s3.get_range("data", PACK, off, 5000) == data[off : off + 5000]
-    assert s3.requests["GET"] - before == 1  # every read fell in the first 4 MiB window
+    _settle(s3)
+    assert s3.requests["GET"] - before == 1  # window 0 only: nothing says the walk goes on
+    for off in range(3_000_000, len(data), 65_537):  # on into window 1: 2 is read ahead
+        assert s3.get_range("data", PACK, off, 5000) == data[off : off + 5000]
+    _settle(s3)
+    assert s3.requests["GET"] - before == 3
+    assert ("data/ab/" + PACK, 2) in s3._cache._windows
+    edge = 4 * 1024 * 1024 - 100  # a read across two windows
+    assert s3.get_range("data", PACK, edge, 300) == data[edge : edge + 300]
     tail = len(data) - 10
     assert s3.get_range("data", PACK, tail, 5000) == data[tail:]
     assert s3.get_range("data", PACK, len(data) + 7, 10) == b""
-    big = s3.get_range("data", PACK, 5, 5_000_000)  # long reads bypass the window
+    _settle(s3)
+    assert s3.requests["GET"] - before == 3
+    big = s3.get_range("data", PACK, 5, 5_000_000)  # long reads bypass the windows
     assert big == data[5:5_000_005]
     s3.delete("data", PACK)
     with pytest.raises(ObjectNotFound):
         s3.get_range("data", PACK, 0, 10)  # deleting dropped the cached windows
     with pytest.raises(ObjectNotFound):
         s3.get_range("data", PACK, 0, 0)
+
+
+def test_prefetch_hint_downloads_ahead_and_stays_within_the_cache(s3: S3Storage) -> None:
+    """``prefetch`` fetches a range's windows in the background; the read then costs no
+    request. The windows kept never exceed the cache's capacity."""
+    other = "cd" + "1" * 62
+    data = bytes(range(251)) * 180_000  # ~43 MiB: more windows than the 32 MiB cache holds
+    s3.put("data", other, data)
+    s3.prefetch("data", other, 20_000_000, 10)
+    _settle(s3)
+    assert s3.requests["GET data"] == 1  # that window only
+    assert s3.get_range("data", other, 20_000_000, 10) == data[20_000_000:20_000_010]
+    _settle(s3)
+    # the read itself was served from the cache; it goes on reading ahead from there
+    assert s3.requests["GET data"] == 1 + s3mod.READ_AHEAD_WINDOWS
+    for off in range(0, len(data), 1_000_003):  # a whole walk, with read-ahead
+        assert s3.get_range("data", other, off, 1000) == data[off : off + 1000]
+        assert s3._cache._size <= s3._cache.capacity
+    _settle(s3)
+    assert s3._cache._size <= s3._cache.capacity
+    s3.prefetch("index", "x" * 64, 0, 10)  # not a pack: ignored
+    s3.prefetch("data", "../x", 0, 10)  # not a valid name: ignored
+    s3.prefetch("data", "ef" + "2" * 62, 0, 10)  # missing pack: the read reports it
+    with pytest.raises(ObjectNotFound):
+        s3.get_range("data", "ef" + "2" * 62, 0, 10)
+    for i in range(4):  # closing mid read-ahead strands no reader and leaves no thread busy
+        s3.prefetch("data", other, i * 4 * 1024 * 1024, 10)
+    s3.close()
+    assert s3.get_range("data", other, 5, 10) == data[5:15]
+
+
+def test_forked_child_gets_an_error_not_a_hang(s3: S3Storage) -> None:
+    """obstore's runtime threads do not survive fork: a child's request would wait forever,
+    so it fails at once with one clear line."""
+    s3.put("refs", "r", b"x", overwrite=True)  # the runtime is running in this process
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what a request does, never hang the test
+        signal.alarm(20)
+        try:
+            s3.get("refs", "r")
+            msg = b"no error"
+        except StoreError as exc:
+            msg = str(exc).encode()
+        except BaseException as exc:
+            msg = repr(exc).encode()
+        os.write(write_fd, msg[:1000])
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        msg = f.read().decode()
+    os.waitpid(pid, 0)
+    assert "forked" in msg and "\n" not in msg, msg
+    assert s3.get("refs", "r") == b"x"  # the parent is unaffected
 
 
 def test_sixteen_clients_race_for_the_exclusive_lock(s3_server: SeaweedServer) -> None:
@@ -219,9 +311,14 @@ def test_sixteen_clients_race_for_the_exclusive_lock(s3_server: SeaweedServer) -
     assert list(clients[0].list("locks")) == []
 
 
-def test_server_killed_mid_upload_leaves_no_partial_object(tmp_path: Path) -> None:
+@pytest.mark.parametrize("multipart", [False, True], ids=["one-put", "multipart"])
+def test_server_killed_mid_upload_leaves_no_partial_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multipart: bool
+) -> None:
     """kill -9 the server while a pack is in flight: after a restart the name is free (no
-    partial object, none listed) and the retried upload succeeds."""
+    partial object, none listed) and the retried upload succeeds. Both upload paths: one
+    conditional PUT (every pack of the default size) and multipart (huge objects)."""
+    monkeypatch.setattr(s3mod, "MULTIPART_MIN", 8 * 1024 * 1024 if multipart else 1 << 40)
     server = SeaweedServer(tmp_path / "weed")
     server.start()
     try:

@@ -63,6 +63,7 @@ def build_app(
         watch=False,
         state_file=tmp_path / "state.toml",
         user_theme_dir=tmp_path / "user-themes",
+        freeze_gc=False,  # many apps in one test process: nothing made immortal
     )
     app.repo_label = "repo (demo)"  # the real path is a temporary directory
     return app

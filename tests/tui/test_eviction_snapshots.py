@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Footer
 
 from tests.tui.test_diff_screen import ScreenApp, settle
 from tests.tui.test_diff_seed import seed_history
@@ -19,6 +20,13 @@ SNAP_SIZE = (120, 36)
 
 async def _ready(pilot: Pilot[None]) -> None:
     await settle(pilot.app)
+    # the footer fills its keys in a later refresh (late on a busy machine): wait for it
+    footer = pilot.app.screen.query_one(Footer)
+    for _ in range(100):
+        if footer.children:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause()
 
 
 @pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])

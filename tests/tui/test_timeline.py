@@ -49,11 +49,11 @@ async def test_filter_by_tag_source_and_text(make_app) -> None:  # type: ignore[
         await settle(pilot)
         await pilot.press("slash")
         await pilot.press(*"tag:v0")
-        await pilot.pause()
+        await settle(pilot)  # matching runs in a worker
         shown = [s for s in _list(app).items if s is not None]
         assert [s.tags for s in shown] == [("v0.1",)]
         await pilot.press("escape")
-        await pilot.pause()
+        await settle(pilot)
         assert len([s for s in _list(app).items if s is not None]) == 14
 
 

@@ -26,7 +26,7 @@ from backend.model import Entry, EntryKind, Snapshot
 from backend.snapshots import escape_path
 from tui import restoring
 from tui.formatting import human_size, local, relative_time
-from tui.screens.base import RestoreFinished, RestoringScreen
+from tui.screens.base import RestoreFinished, RestoringScreen, screen_css
 from tui.widgets.dialogs import ConfirmDialog, RestoreToDialog
 from tui.widgets.graph import layout as graph_layout
 from tui.widgets.linelist import LineList
@@ -175,8 +175,8 @@ class VersionList(LineList[Version]):
     def render_row(self, index: int, item: Version | None, width: int) -> Text:
         if item is None:
             return Text("")
-        muted = self.get_component_rich_style("version-list--muted", partial=True)
-        here = self.get_component_rich_style("version-list--here", partial=True)
+        muted = self.component_style("version-list--muted")
+        here = self.component_style("version-list--here")
         t = Text(no_wrap=True, overflow="ellipsis")
         is_here = self.current in item.ids
         t.append("▶ " if is_here else "  ", style=here)
@@ -184,9 +184,7 @@ class VersionList(LineList[Version]):
         if width_lanes > 1:  # one branch: no lane column
             lane = min(item.lane, width_lanes - 1)
             cells = "".join("● " if i == lane else "  " for i in range(width_lanes))
-            lane_style = self.get_component_rich_style(
-                f"version-list--lane-{item.lane % 4 + 1}", partial=True
-            )
+            lane_style = self.component_style(f"version-list--lane-{item.lane % 4 + 1}")
             t.append(cells, style=lane_style)
         t.append(f"{item.first.short_id} ", style=muted)
         t.append(f"{local(item.first.time):%-d %b %H:%M} ")
@@ -212,7 +210,7 @@ class VersionList(LineList[Version]):
 class BrowserScreen(RestoringScreen):
     """A snapshot's files."""
 
-    CSS_PATH = "browser.tcss"
+    DEFAULT_CSS = screen_css("browser.tcss")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "restore_here", "Restore", id="browser_restore"),
         Binding("R", "restore_elsewhere", "Restore to…", id="browser_restore_to"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, ClassVar
 
 from textual import on, work
@@ -45,7 +46,7 @@ from backend.store import Store
 from backend.units import format_size, parse_duration, parse_size
 from tui.screens.base import BackendScreen
 from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.evict_calendar import EvictCalendar
+from tui.widgets.evict_calendar import EvictCalendar, day_counts
 from tui.widgets.evict_plan import EvictPlanList, Fate
 from tui.widgets.status_bar import StatusBar
 
@@ -337,6 +338,34 @@ class EvictionBackend:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PlanRows:
+    """A preview as the screen shows it, built in a worker (10,000 snapshots are tens of
+    milliseconds of Python: too long for a message handler)."""
+
+    fates: list[Fate]
+    days: dict[date, tuple[int, int]]
+    """Local day → (kept, removed) snapshot counts (the calendar)."""
+    kept: int
+    usage: Usage | None
+    """The usage the exclusive sizes came from."""
+
+
+def plan_rows(p: Preview, usage: Usage | None) -> PlanRows:
+    """The list rows and calendar days of a preview, with exclusive sizes from ``usage``."""
+    exclusive = usage.exclusive if usage else {}
+    fates = [
+        Fate(f.snapshot, f.keep, f.removed_by, f.reasons, exclusive.get(f.snapshot.id, f.exclusive))
+        for f in p.fates
+    ]
+    return PlanRows(
+        fates,
+        day_counts((f.snapshot.time.astimezone().date(), f.keep) for f in fates),
+        sum(1 for f in fates if f.keep),
+        usage,
+    )
+
+
 class RunProgress:
     """A ``backend.progress.Progress`` that posts (coalescing) messages to the screen."""
 
@@ -421,11 +450,26 @@ class EvictionScreen(BackendScreen):
             self.usage = usage
 
     class PlanReady(Message):
-        def __init__(self, form: PolicyForm, preview: Preview | None, error: str = "") -> None:
+        def __init__(
+            self,
+            form: PolicyForm,
+            preview: Preview | None,
+            error: str = "",
+            rows: PlanRows | None = None,
+        ) -> None:
             super().__init__()
             self.form = form
             self.preview = preview
             self.error = error
+            self.rows = rows
+
+    class RowsReady(Message):
+        """The preview's rows again, with exclusive sizes that arrived later."""
+
+        def __init__(self, preview: Preview, rows: PlanRows) -> None:
+            super().__init__()
+            self.preview = preview
+            self.rows = rows
 
     class RunProgressed(Message):
         def __init__(self, label: str, done: int, total: int | None) -> None:
@@ -555,8 +599,18 @@ class EvictionScreen(BackendScreen):
             if not worker.is_cancelled:
                 self.post_message(self.PlanReady(form, None, str(exc)))
             return
+        rows = plan_rows(preview, self.usage)
         if not worker.is_cancelled:
-            self.post_message(self.PlanReady(form, preview))
+            self.post_message(self.PlanReady(form, preview, rows=rows))
+
+    @work(thread=True, exclusive=True, group="evict-rows", exit_on_error=False)
+    def build_rows(self, preview: Preview, usage: Usage | None) -> None:
+        self.post_message(self.RowsReady(preview, plan_rows(preview, usage)))
+
+    @on(RowsReady)
+    def rows_ready(self, message: RowsReady) -> None:
+        if message.preview is self.preview:
+            self._show_preview(message.preview, message.rows)
 
     @work(thread=True, exclusive=True, group="evict-run", exit_on_error=False)
     def run_plan(self, form: PolicyForm, expected: tuple[str, ...]) -> None:
@@ -638,8 +692,8 @@ class EvictionScreen(BackendScreen):
             f"[$primary]{'█' * filled}[/][$panel-lighten-2]{'░' * (cells - filled)}[/] "
             f"[$text-muted]stored / raw {ratio:.0%}[/]"
         )
-        if self.preview is not None:
-            self._show_preview(self.preview)
+        if self.preview is not None:  # its rows again with the exclusive sizes, in a worker
+            self.build_rows(self.preview, self.usage)
 
     @on(PlanReady)
     def show_plan(self, message: PlanReady) -> None:
@@ -651,29 +705,19 @@ class EvictionScreen(BackendScreen):
             status.update(f"Cannot plan: {message.error}")
             return
         self.preview = message.preview
-        self._show_preview(message.preview)
+        rows = message.rows or plan_rows(message.preview, self.usage)
+        self._show_preview(message.preview, rows)
+        if rows.usage is not self.usage:  # the sizes arrived while planning: rows again
+            self.build_rows(message.preview, self.usage)
 
-    def _show_preview(self, p: Preview) -> None:
+    def _show_preview(self, p: Preview, rows: PlanRows) -> None:
         plan = self.query_one(EvictPlanList)
         plan.loading = False
-        exclusive = self.usage.exclusive if self.usage else {}
-        fates = [
-            Fate(
-                f.snapshot,
-                f.keep,
-                f.removed_by,
-                f.reasons,
-                exclusive.get(f.snapshot.id, f.exclusive),
-            )
-            for f in p.fates
-        ]
-        plan.show(fates)
-        self.query_one(EvictCalendar).show(
-            (f.snapshot.time.astimezone().date(), f.keep) for f in p.fates
-        )
+        plan.show(rows.fates)
+        self.query_one(EvictCalendar).show_days(rows.days)
         status = self.query_one("#evict-status", Static)
         status.set_class(bool(p.warnings), "-warning")
-        kept = sum(1 for f in p.fates if f.keep)
+        kept = rows.kept
         parts = [
             f"Keep {kept}, remove {len(p.remove_ids)}"
             + (

@@ -18,6 +18,7 @@ from backend.model import Snapshot
 from tui.formatting import human_size, local, relative_time, short_source
 from tui.screens.base import BackendScreen
 from tui.widgets.graph import GraphList, GraphRow
+from tui.widgets.graph import layout as graph_layout
 from tui.widgets.linelist import LineList
 from tui.widgets.status_bar import StatusBar
 
@@ -31,6 +32,20 @@ class HistoryLoaded(Message):
     """source → HEAD snapshot id."""
     refs: dict[str, list[str]]
     """snapshot id → ref names."""
+    source: str | None = None
+    """The source the rows are for."""
+    rows: list[GraphRow] | None = None
+    """Its graph, laid out in the worker (10,000 checkpoints take ~20 ms: not in a handler)."""
+    children: dict[str, list[str]] | None = None
+    """snapshot id → its children's short ids."""
+
+
+@dataclass
+class GraphReady(Message):
+    """The graph of another source (a tab switch), laid out in a worker."""
+
+    source: str
+    rows: list[GraphRow]
 
 
 class HistoryScreen(BackendScreen):
@@ -61,6 +76,7 @@ class HistoryScreen(BackendScreen):
         self._heads: dict[str, str] = {}
         self._refs: dict[str, list[str]] = {}
         self._by_id: dict[str, Snapshot] = {}
+        self._children: dict[str, list[str]] = {}
         self._pending_tab: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -90,12 +106,31 @@ class HistoryScreen(BackendScreen):
         refs: dict[str, list[str]] = {}
         for name, sid in sorted(store.refs().items()):
             refs.setdefault(sid, []).append(name)
-        self.post_message(HistoryLoaded(snaps, heads, refs))
+        sources = sorted({s.source for s in snaps})
+        src = self.source if self.source in sources else (sources[0] if sources else None)
+        children: dict[str, list[str]] = {}
+        for x in snaps:
+            if x.parent:
+                children.setdefault(x.parent, []).append(x.short_id)
+        rows = graph_layout([x for x in snaps if x.source == src])
+        self.post_message(HistoryLoaded(snaps, heads, refs, src, rows, children))
+
+    @work(thread=True, exclusive=True, group="history-layout", exit_on_error=False)
+    def layout_source(self, source: str, snaps: list[Snapshot]) -> None:
+        self.post_message(
+            GraphReady(source, graph_layout([x for x in snaps if x.source == source]))
+        )
+
+    @on(GraphReady)
+    def graph_ready(self, msg: GraphReady) -> None:
+        if msg.source == self.source:
+            self._show(msg.rows)
 
     @on(HistoryLoaded)
     async def loaded(self, msg: HistoryLoaded) -> None:
         self._all = msg.snapshots
         self._by_id = {s.id: s for s in msg.snapshots}
+        self._children = msg.children or {}
         self._heads, self._refs = msg.heads, msg.refs
         sources = sorted({s.source for s in msg.snapshots})
         if sources != self._sources:
@@ -109,22 +144,28 @@ class HistoryScreen(BackendScreen):
         if self.source is not None:
             self._pending_tab = f"src-{sources.index(self.source)}"
             self.query_one(Tabs).active = self._pending_tab
-        self._show()
+        self._show(msg.rows if msg.source == self.source else None)
 
-    def _show(self) -> None:
-        graph = self.query_one(GraphList)
+    def _show(self, rows: list[GraphRow] | None = None) -> None:
+        """Show the graph of ``self.source`` (``rows``: laid out already; else a worker lays
+        it out and this runs again)."""
         src = self.source
-        snaps = [s for s in self._all if s.source == src]
+        if rows is None:
+            if src is not None:
+                self.layout_source(src, self._all)
+                return
+            rows = []
+        graph = self.query_one(GraphList)
         keep = self.select or (graph.highlighted and graph.highlighted.snapshot)
-        graph.show(
-            snaps,
+        graph.show_rows(
+            rows,
             now=self.snap_app.clock.now(),
             head=self._heads.get(src or ""),
             refs=self._refs,
             select=keep if isinstance(keep, Snapshot) else None,
         )
         self.select = None
-        n = len(snaps)
+        n = sum(1 for r in rows if r.snapshot is not None)
         self.query_one("#history-title", Label).update(
             f"· checkpoint history · {src or '(no snapshots)'} · {n} checkpoint{'s' if n != 1 else ''}"
         )
@@ -170,7 +211,7 @@ class HistoryScreen(BackendScreen):
             f"  {s.trigger}\n"
         )
         t.append(f"parent {s.parent[:8] if s.parent else '(none: a root)'}")
-        children = [x.short_id for x in self._all if x.parent == s.id]
+        children = self._children.get(s.id, [])
         if len(children) > 1:
             t.append(f" · branches here: {', '.join(children)}")
         t.append(

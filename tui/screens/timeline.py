@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rich.text import Text
@@ -15,8 +16,9 @@ from textual.widgets import Footer, Input, Label, Static
 
 from backend.model import Snapshot
 from tui import restoring
-from tui.formatting import human_size, local, relative_time, spark
-from tui.screens.base import RestoreFinished, RestoringScreen
+from tui.formatting import human_size, local, relative_time, short_source, spark
+from tui.messages import CheckpointLanded
+from tui.screens.base import RestoreFinished, RestoringScreen, screen_css
 from tui.widgets.dialogs import ConfirmDialog, InputDialog
 from tui.widgets.linelist import LineList
 from tui.widgets.snapshot_list import Layout, SnapshotList, layout
@@ -33,6 +35,50 @@ class SnapshotsLoaded(Message):
     """The rows, laid out in the worker (sorting and grouping 10,000 is too slow for the loop)."""
     final: bool = True
     """False for what the local catalog had before the repository was asked (may be stale)."""
+    total: int = -1
+    """How many snapshots there are (more than ``len(snapshots)`` for a first page)."""
+    by_id: dict[str, Snapshot] = field(default_factory=dict)
+    """``snapshots`` by id (built in the worker too)."""
+    painted: threading.Event | None = None
+    """Set once these rows are on screen (the first listing waits for it)."""
+
+
+class FinalListing(Message):
+    """The repository's listing is what is already shown (nothing to redraw)."""
+
+
+def _same(
+    a: tuple[list[Snapshot], dict[str, list[str]]], b: tuple[list[Snapshot], dict[str, list[str]]]
+) -> bool:
+    """Whether two listings show the same (rows are shared objects when unchanged: ``is``
+    settles most comparisons)."""
+    sa, sb = a[0], b[0]
+    if len(sa) != len(sb) or a[1] != b[1]:
+        return False
+    return all(x is y or x == y for x, y in zip(sa, sb, strict=True))
+
+
+@dataclass
+class Filtered(Message):
+    """The filter worker's result: the matching rows, laid out."""
+
+    query: str
+    layout: Layout
+    matches: int
+
+
+@dataclass
+class SnapshotTaken(Message):
+    """A manual snapshot finished (a toast)."""
+
+    text: str
+
+
+@dataclass
+class ProtectionLoaded(Message):
+    """Protection reasons read again after a checkpoint moved a HEAD."""
+
+    protected: dict[str, list[str]]
 
 
 @dataclass
@@ -69,7 +115,7 @@ def matches(s: Snapshot, query: str) -> bool:
 class TimelineScreen(RestoringScreen):
     """Every snapshot, newest first; the keys act on the highlighted one."""
 
-    CSS_PATH = "timeline.tcss"
+    DEFAULT_CSS = screen_css("timeline.tcss")
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "browse", "Browse", id="timeline_browse", show=False),
@@ -93,6 +139,11 @@ class TimelineScreen(RestoringScreen):
         self._by_id: dict[str, Snapshot] = {}
         self._protected: dict[str, list[str]] = {}
         self._layout: Layout | None = None
+        """Every snapshot, laid out."""
+        self._shown: Layout | None = None
+        """What the list shows: ``_layout``, or the rows matching ``_query``."""
+        self._query = ""
+        self._total = 0
         self._loaded = False
         self._welcomed = False
 
@@ -123,35 +174,134 @@ class TimelineScreen(RestoringScreen):
 
     @work(thread=True, exclusive=True, group="timeline-load", exit_on_error=False)
     def load_snapshots(self) -> None:
-        clock = self.snap_app.clock
-        first = self.snap_app.take_first_listing()
-        if first is not None:
-            # Paint what the local catalog has at once, then the repository's truth.
-            try:
-                snaps, protected = first.cached.result()
-            except Exception as exc:  # the synced listing below reports real problems
-                self.log.warning(f"cached listing failed: {exc!r}")
-            else:
-                if snaps:
-                    lay = layout(snaps, clock.now())
-                    self.post_message(SnapshotsLoaded(snaps, protected, lay, final=False))
-            snaps, protected = first.synced.result()
-        else:
-            store = self.snap_app.store
+        """List and lay out in this thread; the handler only swaps the rows in (a few ms).
+
+        The app's first listing comes in three steps: the newest page of the local catalog
+        (painted at once), then all it has, then the repository's truth; a step that changes
+        nothing is not shown again."""
+        app = self.snap_app
+        first = app.take_first_listing()
+        if first is None:
+            store = app.store
             snaps = store.list_snapshots()
-            protected = store.protection()
-        self.post_message(SnapshotsLoaded(snaps, protected, layout(snaps, clock.now())))
+            self._post_listing(snaps, store.protection(), len(snaps), final=True)
+            return
+        shown: tuple[list[Snapshot], dict[str, list[str]]] | None = None
+        try:
+            page = first.page.result()
+        except Exception as exc:  # the listings below report real problems
+            self.log.warning(f"first page failed: {exc!r}")
+        else:
+            if page.snapshots:
+                self._post_listing(
+                    page.snapshots, page.protected, page.total, final=False, painted=first.painted
+                )
+                shown = (page.snapshots, page.protected)
+        if shown is None:
+            first.painted.set()  # nothing cached to paint: read on at once
+        for fut, final in ((first.cached, False), (first.synced, True)):
+            try:
+                got = fut.result()
+            except Exception:
+                if final:
+                    raise
+                continue
+            if shown is not None and _same(shown, (got.snapshots, got.protected)):
+                if final:
+                    self.post_message(FinalListing())
+                continue
+            if got.snapshots or final:
+                self._post_listing(got.snapshots, got.protected, got.total, final=final)
+                shown = (got.snapshots, got.protected)
+
+    def _post_listing(
+        self,
+        snaps: list[Snapshot],
+        protected: dict[str, list[str]],
+        total: int,
+        *,
+        final: bool,
+        painted: threading.Event | None = None,
+    ) -> None:
+        complete = len(snaps) >= total
+        lay = layout(snaps, self.snap_app.clock.now(), complete=complete)
+        self.post_message(
+            SnapshotsLoaded(
+                snaps,
+                protected,
+                lay,
+                final=final,
+                total=total,
+                by_id={s.id: s for s in snaps},
+                painted=painted,
+            )
+        )
 
     @on(SnapshotsLoaded)
     def show_snapshots(self, msg: SnapshotsLoaded) -> None:
         self._all = msg.snapshots
-        self._by_id = {s.id: s for s in msg.snapshots}
+        self._by_id = msg.by_id or {s.id: s for s in msg.snapshots}
         self._protected = msg.protected
         self._layout = msg.layout
+        self._total = max(msg.total, len(msg.snapshots))
         self._loaded = True
-        self._refilter()
-        if not msg.final:
+        if self._query:
+            self.refilter()  # in a worker; the list keeps the old matches until then
+        else:
+            self._shown = msg.layout
+            self._show()
+        if msg.painted is not None:
+            self.call_after_refresh(msg.painted.set)
+        if msg.final:
+            self._listing_final()
+
+    @on(CheckpointLanded)
+    def checkpoint_landed(self, msg: CheckpointLanded) -> None:
+        """A watch checkpoint: one row on top (O(days) work), not a relisting; protection
+        (the HEAD moved) is read again in a worker."""
+        msg.prevent_default()
+        msg.stop()
+        s = msg.snapshot
+        lay = self._layout
+        new = None
+        if (
+            s is not None
+            and lay is not None
+            and lay.complete
+            and not msg.forgotten
+            and s.id not in self._by_id
+        ):
+            new = lay.with_newest(s, self.snap_app.clock.now())
+        if new is None or s is None:  # thinned checkpoints, an older one, a first page: relist
+            self.reload()
             return
+        self._all = [*self._all, s]
+        self._by_id[s.id] = s
+        self._layout = new
+        self._total += 1
+        if not self._query:
+            self._shown = new
+        elif matches(s, self._query) and self._shown is not None:
+            self._shown = self._shown.with_newest(s, new.now) or self._shown
+        self._show()
+        self.load_protection()
+
+    @work(thread=True, exclusive=True, group="timeline-protection", exit_on_error=False)
+    def load_protection(self) -> None:
+        self.post_message(ProtectionLoaded(self.snap_app.store.protection()))
+
+    @on(ProtectionLoaded)
+    def protection_loaded(self, msg: ProtectionLoaded) -> None:
+        self._protected = msg.protected
+        lst = self.query_one(SnapshotList)
+        lst.protected = msg.protected
+        lst.refresh_rows()
+        s = lst.highlighted
+        if s is not None:
+            self._show_detail(s)
+
+    def _listing_final(self) -> None:
+        self.snap_app.started()
         if not self._all and not self._welcomed:
             from tui.screens.welcome import WelcomeScreen
 
@@ -160,29 +310,59 @@ class TimelineScreen(RestoringScreen):
         elif self._all:
             self.snap_app.start_watching()
 
-    def _refilter(self) -> None:
+    @on(FinalListing)
+    def final_listing(self) -> None:
+        self._listing_final()
+
+    def refilter(self) -> None:
+        """Show the snapshots that match the filter (matching 10,000 runs in a worker)."""
+        self._query = self.query_one("#filter", Input).value.strip()
+        if not self._query or self._layout is None:
+            self._shown = self._layout
+            self._show()
+            return
+        self.filter_snapshots(self._query, self._all)
+
+    @work(thread=True, exclusive=True, group="timeline-filter", exit_on_error=False)
+    def filter_snapshots(self, query: str, snaps: list[Snapshot]) -> None:
+        shown = [s for s in snaps if matches(s, query)]
+        self.post_message(Filtered(query, layout(shown, self.snap_app.clock.now()), len(shown)))
+
+    @on(Filtered)
+    def filtered(self, msg: Filtered) -> None:
+        if msg.query == self._query:
+            self._shown = msg.layout
+            self._show()
+
+    def _show(self) -> None:
+        """Put ``_shown`` on screen with the title and sparkline (no O(snapshots) Python work:
+        the layout is ready; the sparkline is one ``max`` per cell)."""
+        lay = self._shown
+        if lay is None:
+            return
         lst = self.query_one(SnapshotList)
-        query = self.query_one("#filter", Input).value.strip()
-        shown = [s for s in self._all if matches(s, query)] if query else self._all
-        lay = self._layout
-        if query or lay is None:
-            lay = layout(shown, self.snap_app.clock.now())
         lst.show_layout(lay, protected=self._protected)
-        n, total = len(shown), len(self._all)
-        info = f"· timeline · {total} snapshot{'s' if total != 1 else ''}"
+        query = self._query
+        n = sum(1 for r in lay.rows if r is not None) if query else self._total
+        total = self._total
+        info = f"· timeline · {total:,} snapshot{'s' if total != 1 else ''}"
         if query:
-            info += f" · {n} match “{query}”"
-        self.query_one("#title-info", Label).update(info)
-        vols = lay.volumes
-        width = max(10, self.size.width - 30)
+            info += f" · {n:,} match “{query}”"
+        self.query_one("#title-info", Label).update(info, layout=False)  # width: 1fr
         line = Text("change volume ", style="bold")
-        line.append(spark(vols, width) if vols else "—")
-        if shown:
-            line.append(f"  {local(shown[0].time):%-d %b} → {local(shown[-1].time):%-d %b}")
-        self.query_one("#spark", Static).update(line)
-        if not shown:
+        if not lay.complete:
+            line.append("…  (reading the other snapshots)")
+        else:
+            vols = lay.volumes
+            width = max(10, self.size.width - 34)  # room for "change volume" and the dates
+            line.append(spark(vols, width) if vols else "—")
+            newest, oldest = lay.newest, lay.rows[-1] if lay.rows else None
+            if newest is not None and oldest is not None:
+                line.append(f"  {local(oldest.time):%-d %b} → {local(newest.time):%-d %b}")
+        self.query_one("#spark", Static).update(line, layout=False)
+        if lay.newest is None:
             self.query_one("#detail", Static).update(
-                "no snapshots match the filter" if query else "no snapshots yet"
+                "no snapshots match the filter" if query else "no snapshots yet", layout=False
             )
 
     # ------------------------------------------------------------ selection
@@ -194,28 +374,34 @@ class TimelineScreen(RestoringScreen):
 
     @on(LineList.Highlighted, "#snapshots")
     def show_detail(self, event: LineList.Highlighted) -> None:
-        s = event.item
-        if not isinstance(s, Snapshot):
-            return
+        if isinstance(event.item, Snapshot):
+            self._show_detail(event.item)
+
+    def _show_detail(self, s: Snapshot) -> None:
         now = self.snap_app.clock.now()
         st = s.stats
+        # Each field has its own place; the 64-hex id ends the last line, so nothing is drawn
+        # after it (where a renderer with wider glyphs than the cell grid would overlap it).
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"{s.id}", style="bold")
-        t.append(f"  {local(s.time):%Y-%m-%d %H:%M:%S %Z} ({relative_time(s.time, now)})\n")
-        t.append(f"{s.source}  ·  {s.trigger}  ·  host {s.host}")
-        if s.parent:
-            t.append(f"  ·  parent {s.parent[:8]}")
+        t.append(f"{local(s.time):%Y-%m-%d %H:%M:%S %Z}", style="bold")
+        t.append(f"   {relative_time(s.time, now)}  ·  {s.trigger}")
         reasons = self._protected.get(s.id)
         if reasons:
             t.append(f"  ·  kept: {', '.join(reasons)}")
+        t.append(f"\n{s.source}  ·  host {s.host}")
+        if s.parent:
+            t.append(f"  ·  parent {s.parent[:8]}")
         t.append(
             f"\n{st.files_new} new, {st.files_changed} changed, {st.files_removed} removed, "
             f"{st.total_files} files · {human_size(st.total_bytes)} · added "
             f"{human_size(st.bytes_added)} (stored {human_size(st.bytes_stored)})"
         )
-        if s.message:
-            t.append(f"\n{s.message.splitlines()[0]}")
-        self.query_one("#detail", Static).update(t)
+        if s.message.strip():
+            t.append(f"\n{s.message.strip().splitlines()[0]}")
+        t.append("\nid ")
+        t.append(s.id, style="bold")
+        # fixed height: no layout pass (a full-screen one each time the cursor moves)
+        self.query_one("#detail", Static).update(t, layout=False)
 
     @on(LineList.Chosen, "#snapshots")
     def chosen(self, event: LineList.Chosen) -> None:
@@ -278,7 +464,7 @@ class TimelineScreen(RestoringScreen):
         if inp.value or inp.display:
             inp.value = ""
             inp.display = False
-            self._refilter()
+            self.refilter()
             self.query_one(SnapshotList).focus()
         else:
             lst = self.query_one(SnapshotList)
@@ -289,7 +475,7 @@ class TimelineScreen(RestoringScreen):
     @on(Input.Changed, "#filter")
     def filter_changed(self) -> None:
         if self._loaded:
-            self._refilter()
+            self.refilter()
 
     @on(Input.Submitted, "#filter")
     def filter_done(self) -> None:
@@ -427,9 +613,19 @@ class TimelineScreen(RestoringScreen):
     @work(thread=True, group="snapshot", exit_on_error=False)
     def snapshot_now(self, dirs: list[str]) -> None:
         app = self.snap_app
-        for d in dirs:
-            res = app.store.create_snapshot(d, options=app.snapshot_options())
-            self.app.call_from_thread(
-                self.notify, f"snapshot {res.snapshot.short_id} of {d}", timeout=3
-            )
-        app.store_changed()
+        try:
+            for d in dirs:
+                progress = app.progress(f"snapshot of {short_source(d, 40)}")
+                with app.gc_pause:
+                    res = app.store.create_snapshot(
+                        d, options=app.snapshot_options(), progress=progress
+                    )
+                self.post_message(SnapshotTaken(f"snapshot {res.snapshot.short_id} of {d}"))
+                # one new row (the timeline adds it; screens that cannot, reload)
+                app.post_message(CheckpointLanded(res.snapshot))
+        finally:
+            app.done_activity()
+
+    @on(SnapshotTaken)
+    def snapshot_taken(self, msg: SnapshotTaken) -> None:
+        self.notify(msg.text, timeout=3)

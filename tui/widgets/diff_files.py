@@ -99,12 +99,10 @@ class DiffFileList(LineList[FileItem]):
         if item is None:
             return Text("")
         c = item.change
-        marker_style = self.get_component_rich_style(
-            f"diff-files--{MARKER_CLASS.get(c.change, 'meta')}", partial=True
-        )
-        plus = self.get_component_rich_style("diff-files--plus", partial=True)
-        minus = self.get_component_rich_style("diff-files--minus", partial=True)
-        muted = self.get_component_rich_style("diff-files--muted", partial=True)
+        marker_style = self.component_style(f"diff-files--{MARKER_CLASS.get(c.change, 'meta')}")
+        plus = self.component_style("diff-files--plus")
+        minus = self.component_style("diff-files--minus")
+        muted = self.component_style("diff-files--muted")
         t = Text(no_wrap=True, overflow="crop")
         t.append(f" {c.change} ", marker_style)
         counts = self.counts.get(item.index)

@@ -30,6 +30,7 @@ from textual.strip import Strip
 
 from backend.textdiff import Block, DiffLayout, Row, RowKind, diff_blocks, intraline
 from tui.widgets.diff_highlight import SYNTAX_CLASSES, LineSpans
+from tui.widgets.linelist import solid_style
 
 TAB = 4
 _CONTROL = {c: 0x2400 + c for c in range(32) if c != 9}
@@ -346,8 +347,11 @@ class DiffView(ScrollView, can_focus=True):
     def _style(self, name: str) -> Style:
         st = self._styles.get(name)
         if st is None:
-            partial = name.startswith("syntax-") or name.endswith("-word")
-            st = self.get_component_rich_style(f"diffview--{name}", partial=partial)
+            if name.startswith("syntax-"):  # solid: $text-muted (comments) is an auto colour
+                st = solid_style(self, f"diffview--{name}")
+            else:
+                partial = name.endswith("-word")
+                st = self.get_component_rich_style(f"diffview--{name}", partial=partial)
             self._styles[name] = st
         return st
 

@@ -16,8 +16,19 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from tui.widgets.linelist import solid_style
+
 MONTH_ROWS = 9
 """Rows one month takes: title, weekday header, up to six weeks, a blank line."""
+
+
+def day_counts(entries: Iterable[tuple[date, bool]]) -> dict[date, tuple[int, int]]:
+    """Day → (kept, removed) snapshot counts from (local date, kept) pairs."""
+    days: dict[date, tuple[int, int]] = {}
+    for d, kept in entries:
+        k, r = days.get(d, (0, 0))
+        days[d] = (k + 1, r) if kept else (k, r + 1)
+    return days
 
 
 class EvictCalendar(Widget):
@@ -53,13 +64,14 @@ class EvictCalendar(Widget):
         super().__init__(id=id, classes=classes)
         self.days: dict[date, tuple[int, int]] = {}
         """Day → (kept, removed) snapshot counts."""
+        self._styles: dict[str, Style] = {}
 
     def show(self, entries: Iterable[tuple[date, bool]]) -> None:
         """Set the days from (local date, kept) pairs, one per snapshot."""
-        days: dict[date, tuple[int, int]] = {}
-        for d, kept in entries:
-            k, r = days.get(d, (0, 0))
-            days[d] = (k + 1, r) if kept else (k, r + 1)
+        self.show_days(day_counts(entries))
+
+    def show_days(self, days: dict[date, tuple[int, int]]) -> None:
+        """Set the days from ``day_counts`` (which may run in a worker)."""
         self.days = days
         self.refresh()
 
@@ -88,7 +100,15 @@ class EvictCalendar(Widget):
         return out
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"evict-calendar--{name}", partial=True)
+        # solid colours: "auto" ones ($text, $text-muted) vanish on a light theme otherwise
+        st = self._styles.get(name)
+        if st is None:
+            st = self._styles[name] = solid_style(self, f"evict-calendar--{name}")
+        return st
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles.clear()
 
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="crop")

@@ -71,7 +71,7 @@ class EvictPlanList(LineList[Fate]):
         s = item.snapshot
 
         def st(name: str):
-            return self.get_component_rich_style(f"evict-plan--{name}", partial=True)
+            return self.component_style(f"evict-plan--{name}")
 
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(" keep " if item.keep else " drop ", st("keep" if item.keep else "drop"))
@@ -80,13 +80,14 @@ class EvictPlanList(LineList[Fate]):
         trigger = "guard" if s.trigger == "restore-guard" else s.trigger[:6]
         t.append(f"{trigger:<6} ", st("muted"))
         if item.exclusive is None:
-            t.append(" " * (BAR + 10), st("muted"))
+            t.append(" " * (BAR + 11), st("muted"))
         else:
             t.append(
                 hbar(item.exclusive, self.max_exclusive, BAR),
                 st("bar" if item.keep else "bar-drop"),
             )
-            t.append(f"{human_size(item.exclusive):>9} ", st("muted"))
+            # a cell between the bar and its size, even for a full bar and a 9-cell size
+            t.append(f" {human_size(item.exclusive):>9} ", st("muted"))
         t.append(" ")
         for i, reason in enumerate(item.reasons):
             if i:

@@ -132,8 +132,19 @@ class GraphList(LineList[GraphRow]):
         select: Snapshot | None = None,
     ) -> None:
         """Lay out and show the snapshots of one source."""
+        self.show_rows(layout(snapshots), now=now, head=head, refs=refs, select=select)
+
+    def show_rows(
+        self,
+        rows: list[GraphRow],
+        *,
+        now: datetime,
+        head: str | None,
+        refs: dict[str, list[str]],
+        select: Snapshot | None = None,
+    ) -> None:
+        """Show rows from ``layout`` (which may run in a worker)."""
         self.now, self.head, self.refs = now, head, refs
-        rows = layout(snapshots)
         self.graph_width = max((len(r.cells) for r in rows), default=2) + 1
         items: list[GraphRow | None] = [r if r.snapshot is not None else None for r in rows]
         self._connectors = {i: r for i, r in enumerate(rows) if r.snapshot is None}
@@ -141,7 +152,7 @@ class GraphList(LineList[GraphRow]):
         self.set_rows(items, keep=keep)
 
     def _st(self, name: str) -> Style:
-        return self.get_component_rich_style(f"graph-list--{name}", partial=True)
+        return self.component_style(f"graph-list--{name}")
 
     def _graph(self, cells: str) -> Text:
         t = Text()

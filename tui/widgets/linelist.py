@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Generic, TypeVar
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.color import Color
+from textual.dom import DOMNode
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -16,6 +20,28 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 T = TypeVar("T")
+
+
+def solid_style(node: DOMNode, name: str) -> Style:
+    """A component class's style for text drawn on ``node``, with every colour made solid.
+
+    Textual's partial component styles leave ``auto`` colours unresolved (``$text-muted`` is
+    "auto 60%": it came out near-white, invisible on a light theme) and drop the alpha of
+    translucent ones. Here both are blended over the node's own background, as Textual does
+    for a widget's text."""
+    styles = node.get_component_styles(name)
+    base = node.background_colors[1]
+    background = base + styles.background if styles.has_rule("background") else None
+    under = background or base
+    color = None
+    if styles.has_rule("color"):
+        c = styles.color
+        if styles.has_rule("auto_color") and styles.auto_color:
+            c = under.get_contrast_text(c.a)
+        color = (under + c).rich_color
+    return Style(color=color, bgcolor=background.rich_color if background else None) + (
+        styles.text_style
+    )
 
 
 class LineList(ScrollView, Generic[T], can_focus=True):
@@ -79,6 +105,15 @@ class LineList(ScrollView, Generic[T], can_focus=True):
         super().__init__(id=id, classes=classes)
         self._items: list[T | None] = []
         self._line_cache: dict[tuple[int, int, int, bool], Strip] = {}
+        self._styles: dict[str, Style] = {}
+
+    def component_style(self, name: str) -> Style:
+        """A component class's style with solid colours (see ``solid_style``), cached until
+        the theme or styles change."""
+        st = self._styles.get(name)
+        if st is None:
+            st = self._styles[name] = solid_style(self, name)
+        return st
 
     # ------------------------------------------------------------ data
 
@@ -92,18 +127,25 @@ class LineList(ScrollView, Generic[T], can_focus=True):
         current = keep if keep is not None else self.highlighted
         self._items = items
         self.virtual_size = Size(self.size.width, len(items))
-        new = -1
-        if current is not None:
-            key = self.item_key(current)
-            for i, it in enumerate(items):
-                if it is not None and self.item_key(it) == key:
-                    new = i
-                    break
+        new = -1 if current is None else self._find(items, self.item_key(current), self.cursor)
         if new < 0:
             new = self._next_selectable(0, 1)
         self._clear_caches()
         self.refresh()
         self.cursor = new
+
+    def _find(self, items: list[T | None], key: object, near: int) -> int:
+        """The index of the item with ``key`` (-1: gone), looking near ``near`` first: after
+        a reload or a new row on top, the item is usually within a few rows of where it was."""
+        item_key = self.item_key
+        for i in range(max(0, near - 4), min(len(items), near + 5)):
+            it = items[i]
+            if it is not None and item_key(it) == key:
+                return i
+        for i, it in enumerate(items):
+            if it is not None and item_key(it) == key:
+                return i
+        return -1
 
     def item_key(self, item: T) -> object:
         """What identifies an item across reloads (default: the item itself)."""
@@ -116,8 +158,26 @@ class LineList(ScrollView, Generic[T], can_focus=True):
             return self._items[self.cursor]
         return None
 
+    def _cursor_style(self, focused: bool) -> Style:
+        """The cursor row's style, always with a text colour (the theme's, or the one that
+        contrasts with the cursor's background)."""
+        name = "line-list--cursor" if focused else "line-list--cursor-blurred"
+        st = self._styles.get("=" + name)
+        if st is None:
+            st = self.component_style(name)
+            if st.color is None and st.bgcolor is not None:
+                bg = Color.from_rich_color(st.bgcolor)
+                st += Style(color=(bg + bg.get_contrast_text(0.9)).rich_color)
+            self._styles["=" + name] = st
+        return st
+
     def _clear_caches(self) -> None:
         """Forget rendered rows (data, marks, size or theme changed)."""
+        self._line_cache.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles.clear()
         self._line_cache.clear()
 
     def refresh_rows(self) -> None:
@@ -144,12 +204,16 @@ class LineList(ScrollView, Generic[T], can_focus=True):
         if cached is not None and scroll_x == 0:
             return cached
         text = self.render_row(index, self._items[index], width)
+        segments = list(text.render(self.app.console, end=""))
+        strip = Strip(segments).apply_style(base)
         style = base
         if state:
-            cls = "line-list--cursor" if state == 2 else "line-list--cursor-blurred"
-            style = base + self.get_component_rich_style(cls)
-        segments = list(text.render(self.app.console, end=""))
-        strip = Strip(segments).apply_style(style).crop_extend(scroll_x, scroll_x + width, style)
+            # The cursor's colours win over the row's own (a bar in $primary on a $primary
+            # cursor, muted text on it, would vanish); the row keeps its bold and italics.
+            cursor = self._cursor_style(state == 2)
+            strip = Strip(Segment.apply_style(strip, post_style=cursor), strip.cell_length)
+            style = base + cursor
+        strip = strip.crop_extend(scroll_x, scroll_x + width, style)
         if scroll_x == 0:
             if len(self._line_cache) > 4000:
                 self._line_cache.clear()
@@ -158,10 +222,6 @@ class LineList(ScrollView, Generic[T], can_focus=True):
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self._items))
-        self._clear_caches()
-
-    def notify_style_update(self) -> None:
-        super().notify_style_update()
         self._clear_caches()
 
     # ------------------------------------------------------------ cursor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import ClassVar
 
 from rich.style import Style
@@ -21,6 +22,8 @@ class DayHeader:
     label: str
     count: int
     added: int
+    partial: bool = False
+    """Only some of the day's snapshots are known yet (a first page): counts are lower bounds."""
 
 
 def changed_files(s: Snapshot) -> int:
@@ -34,6 +37,9 @@ def volume(s: Snapshot) -> float:
     return float(s.stats.bytes_added + 256 * changed_files(s))
 
 
+_ORDER = attrgetter("time", "id")
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Snapshots as timeline rows: newest first under day headers (``None`` rows)."""
@@ -45,11 +51,57 @@ class Layout:
     now: datetime
     volumes: list[float]
     """Each snapshot's change volume, oldest first (the sparkline)."""
+    complete: bool = True
+    """False for a first page (only the newest snapshots; the rest are still being read)."""
+
+    @property
+    def newest(self) -> Snapshot | None:
+        """The first snapshot row (None when there are none)."""
+        return self.rows[1] if len(self.rows) > 1 else None
+
+    def with_newest(self, s: Snapshot, now: datetime) -> Layout | None:
+        """These rows with ``s`` added on top, in O(days) Python work (a new checkpoint must not
+        re-sort and re-group 10,000 snapshots); None when ``s`` is not newer than every row."""
+        top = self.newest
+        if top is not None and _ORDER(s) <= _ORDER(top):
+            return None
+        day = local(s.time).date()
+        added = s.stats.bytes_added
+        if top is not None and local(top.time).date() == day:
+            h = self.headers[0]
+            rows = [None, s, *self.rows[1:]]
+            headers = {0: DayHeader(h.label, h.count + 1, h.added + added, h.partial)}
+            shift = 1
+        else:
+            rows = [None, s, *self.rows]
+            headers = {0: DayHeader("", 1, added)}
+            shift = 2
+        for i, h in self.headers.items():
+            if i + shift > 1:
+                headers[i + shift] = h
+        # labels say Today / Yesterday: relabel every header against the new now (few: days)
+        for i, h in headers.items():
+            first = rows[i + 1]
+            assert first is not None
+            headers[i] = DayHeader(day_label(first.time, now), h.count, h.added, h.partial)
+        v = volume(s)
+        return Layout(
+            rows=rows,
+            headers=headers,
+            max_volume=max(self.max_volume, v) or 1,
+            show_source=self.show_source or (top is not None and top.source != s.source),
+            now=now,
+            volumes=[*self.volumes, v],
+            complete=self.complete,
+        )
 
 
-def layout(snapshots: list[Snapshot], now: datetime) -> Layout:
-    """Sort and group snapshots for the list (pure: safe in a worker thread)."""
-    ordered = sorted(snapshots, key=lambda s: (s.time, s.id), reverse=True)
+def layout(snapshots: list[Snapshot], now: datetime, *, complete: bool = True) -> Layout:
+    """Sort and group snapshots for the list (pure: safe in a worker thread).
+
+    ``complete=False``: ``snapshots`` are only the newest ones (a first page); the oldest day's
+    header then says its counts are lower bounds."""
+    ordered = sorted(snapshots, key=_ORDER, reverse=True)
     rows: list[Snapshot | None] = []
     headers: dict[int, DayHeader] = {}
     day = None
@@ -69,7 +121,7 @@ def layout(snapshots: list[Snapshot], now: datetime) -> Layout:
         count += 1
         added += s.stats.bytes_added
     if day is not None:
-        headers[start] = DayHeader(headers[start].label, count, added)
+        headers[start] = DayHeader(headers[start].label, count, added, partial=not complete)
     volumes = [volume(s) for s in reversed(ordered)]
     return Layout(
         rows=rows,
@@ -78,6 +130,7 @@ def layout(snapshots: list[Snapshot], now: datetime) -> Layout:
         show_source=len({s.source for s in ordered}) > 1,
         now=now,
         volumes=volumes,
+        complete=complete,
     )
 
 
@@ -146,7 +199,7 @@ class SnapshotList(LineList[Snapshot]):
         self.set_rows(lay.rows, keep=keep)
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"snapshot-list--{name}", partial=True)
+        return self.component_style(f"snapshot-list--{name}")
 
     def render_row(self, index: int, item: Snapshot | None, width: int) -> Text:
         if item is None:
@@ -154,8 +207,10 @@ class SnapshotList(LineList[Snapshot]):
             if h is None:
                 return Text("")
             head = f" ─ {h.label} "
+            more = "+" if h.partial else ""
             tail = (
-                f" {h.count} snapshot{'s' if h.count != 1 else ''} · {human_size(h.added)} added "
+                f" {h.count}{more} snapshot{'s' if h.count != 1 or more else ''} · "
+                f"{human_size(h.added)}{more} added "
             )
             fill = max(1, width - len(head) - len(tail))
             t = Text(head, style=self._style("day"))

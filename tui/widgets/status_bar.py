@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 
 class StatusBar(Static):
-    """One line at the bottom of every screen, fed by the app's ``watch_state``."""
+    """One line at the bottom of every screen, fed by the app's ``watch_state`` and
+    ``activity`` (both throttled to ten updates a second: a watcher reports every batch of
+    file events, a snapshot every file)."""
 
     DEFAULT_CSS = """
     StatusBar {
@@ -33,6 +35,10 @@ class StatusBar(Static):
             self.display = False
             return
         self.watch(self.app, "watch_state", self._show, init=True)
+        self.watch(self.app, "activity", self._activity, init=False)
+
+    def _activity(self, _text: str) -> None:
+        self._show(cast("SnapApp", self.app).watch_state)
 
     def _show(self, state: WatchState | None) -> None:
         app = cast("SnapApp", self.app)
@@ -60,5 +66,7 @@ class StatusBar(Static):
             t.append(f" · {state.pending} pending change{'s' if state.pending != 1 else ''}")
             if state.note:
                 t.append(f" · {state.note}")
+        if app.activity:
+            t.append(f"  │  {app.activity}", style="bold")
         t.append(f"  │  {app.repo_label}")
-        self.update(t)
+        self.update(t, layout=False)  # one fixed line: no full-screen layout pass at 10 Hz

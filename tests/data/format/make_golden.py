@@ -1,12 +1,17 @@
-"""Build the golden format-v1 objects from fixed inputs (run once; commit the output).
+"""Build the golden format objects from fixed inputs (run once per version; commit the output).
 
-    .venv/bin/python tests/data/format/make_golden.py        # writes tests/data/format/v1/*
+    .venv/bin/python tests/data/format/make_golden.py v2     # writes tests/data/format/v2/*
 
 ``tests/backend/test_format.py`` imports ``build()`` from here and checks that today's encoders
 still produce exactly the committed bytes and that the decoders read them back to these inputs.
 Never regenerate the files to make that test pass: a difference means the on-disk format
 changed, which needs a new format version. Everything here is fixed: the id key, the entries,
 the times; zstd level 3 output is deterministic for a given zstandard version (pinned).
+
+``v1/`` was written by snapdeck's version-1 writers (blob flag 0x01, 49-byte header entries,
+index version 1). Those writers are frozen below (``_v1_*``) so that the test can still prove
+the committed v1 bytes are what the inputs encode to; the decoders must read both versions.
+Only the pack and the index changed in version 2: config, tree and snapshot are the same bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from backend.ids import BlobId, PackId, object_name
 from backend.model import Entry, EntryKind, Snapshot, SnapshotStats, Tree
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "v1"
+VERSIONS = ("v1", "v2")
 
 ID_KEY = bytes(range(32))
 """The fixed keyed-hash key of the golden repository."""
@@ -105,7 +110,27 @@ TREE = Tree(
 TREE_BYTES = fmt.encode_tree(TREE)
 
 
-def pack() -> tuple[bytes, list[fmt.PackEntry]]:
+def _v1_blob(plain: bytes, cctx: zstandard.ZstdCompressor) -> bytes:
+    """The version-1 blob writer (frozen): whole zstd frame, when that saves over 16 bytes."""
+    if len(plain) >= 64:
+        comp = cctx.compress(plain)
+        if len(comp) < len(plain) - 16:
+            return b"\x01" + comp
+    return b"\x00" + plain
+
+
+def _v1_rows(entries: list[fmt.PackEntry]) -> bytes:
+    return b"".join(fmt.ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries)
+
+
+def _v1_index(pack_id: PackId, entries: list[fmt.PackEntry]) -> bytes:
+    """The version-1 index writer (frozen)."""
+    body = fmt.U32.pack(1) + bytes.fromhex(pack_id) + fmt.U32.pack(len(entries))
+    body += _v1_rows(entries)
+    return b"SDIX\x01" + zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def pack(version: str = "v2") -> tuple[bytes, list[fmt.PackEntry]]:
     """A pack of a raw blob, a compressed blob and two tree blobs, with its entries."""
     cctx = zstandard.ZstdCompressor(level=3)
     body = b""
@@ -116,14 +141,20 @@ def pack() -> tuple[bytes, list[fmt.PackEntry]]:
         (fmt.BLOB_TREE, SUBTREE_BYTES),
         (fmt.BLOB_TREE, TREE_BYTES),
     ):
-        stored = fmt.encode_blob(plain, cctx)
+        stored = _v1_blob(plain, cctx) if version == "v1" else fmt.encode_blob(plain, cctx)
         entries.append(fmt.PackEntry(typ, blob_id(plain), len(body), len(stored), len(plain)))
         body += stored
+    if version == "v1":
+        rows = _v1_rows(entries)
+        return body + rows + fmt.TRAILER.pack(len(rows), b"SDPK", 1), entries
     return body + fmt.encode_pack_trailer(entries), entries
 
 
-PACK_BYTES, PACK_ENTRIES = pack()
+PACKS = {v: pack(v) for v in VERSIONS}
+PACK_BYTES, PACK_ENTRIES = PACKS["v2"]
 PACK_ID = PackId(object_name(PACK_BYTES))
+PACK_BYTES_V1, PACK_ENTRIES_V1 = PACKS["v1"]
+PACK_ID_V1 = PackId(object_name(PACK_BYTES_V1))
 
 SNAPSHOT = Snapshot(
     id="",
@@ -152,24 +183,32 @@ SNAPSHOT = Snapshot(
 )
 
 
-def build() -> dict[str, bytes]:
-    """File name → bytes of every golden object."""
+def build(version: str = "v2") -> dict[str, bytes]:
+    """File name → bytes of every golden object of a format version."""
+    data, entries = PACKS[version]
+    pid = PackId(object_name(data))
     return {
         "config.json": fmt.encode_config(CONFIG),
-        "pack.bin": PACK_BYTES,
-        "index.bin": fmt.encode_index([(PACK_ID, PACK_ENTRIES)]),
+        "pack.bin": data,
+        "index.bin": (
+            _v1_index(pid, entries) if version == "v1" else fmt.encode_index([(pid, entries)])
+        ),
         "tree.bin": TREE_BYTES,
         "snapshot.json": fmt.encode_snapshot(SNAPSHOT),
     }
 
 
-def main() -> int:
-    OUT.mkdir(exist_ok=True)
-    for name, data in build().items():
-        (OUT / name).write_bytes(data)
-        print(f"wrote {OUT / name} ({len(data)} bytes)")
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in VERSIONS:
+        print(f"usage: make_golden.py {{{','.join(VERSIONS)}}}", file=sys.stderr)
+        return 2
+    out = HERE / argv[0]
+    out.mkdir(exist_ok=True)
+    for name, data in build(argv[0]).items():
+        (out / name).write_bytes(data)
+        print(f"wrote {out / name} ({len(data)} bytes)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
