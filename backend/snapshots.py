@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import pathspec
 
@@ -54,6 +54,7 @@ from backend.workers import FileResult, PackDone, WorkerPool, WorkerSetup
 from backend.workers import read_xattrs as _xattrs
 
 log = logging.getLogger(__name__)
+done_line = ResumeJournal.line
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -111,15 +112,6 @@ class CheckpointResult:
     problems: tuple[Problem, ...] = ()
     duration_s: float = 0.0
     """Wall time of the whole checkpoint (scan, store, decide, save, move HEAD)."""
-
-
-class _DoneStat(NamedTuple):
-    """What the resume journal records of a file's stat."""
-
-    st_size: int
-    st_mtime_ns: int
-    st_ctime_ns: int
-    st_ino: int
 
 
 @dataclass(slots=True)
@@ -419,10 +411,11 @@ class SnapshotRun:
         self._totals: dict[bytes, tuple[int, int]] = {}
         self.resume = resume or {}
         self.journal = journal
-        self._done: list[tuple[bytes, _DoneStat, tuple[BlobId, ...]]] = []
+        self._done: list[str] = []
         """Files completed since the last ``save_resume`` (a compact stat: a W4-sized run
         holds up to ~100k of them between saves)."""
         self._futs: list[Future[Any]] = []
+        self._futs_cap = 64
         self._next_save = time.monotonic() + RESUME_EVERY_S
         self._tree_pre: dict[bytes, Future[bytes]] = {}
         """Parent subtrees being read ahead on the scan pool (full scans)."""
@@ -475,10 +468,11 @@ class SnapshotRun:
             out.st = after
             if stable:
                 if self.journal is not None:
-                    done = _DoneStat(
-                        after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino
+                    a = after
+                    line = done_line(
+                        path, a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino, content
                     )
-                    self._done.append((path, done, content))  # list.append is atomic
+                    self._done.append(line)  # list.append is atomic
                 return out
             log.info("changed while read (attempt %d): %r", attempt + 1, path)
             st = after
@@ -570,8 +564,7 @@ class SnapshotRun:
         if self._wpool is not None:
             self._wpool.finish(self._ingest_packs)
         self.repo.flush()
-        # _DoneStat has the four stat fields the journal reads (size, mtime, ctime, inode).
-        self.journal.append(cast(list[tuple[bytes, os.stat_result, tuple[BlobId, ...]]], done))
+        self.journal.append_lines(done)
         self._next_save = time.monotonic() + RESUME_EVERY_S
 
     def _resumed(self, full: bytes, st: os.stat_result) -> tuple[BlobId, ...] | None:
@@ -959,8 +952,9 @@ class SnapshotRun:
         dropped now and then: kept, they would hold every file's result (its stat and blob
         ids) until the end of the run, ~1 KiB per file."""
         self._futs.append(fut)
-        if len(self._futs) >= 1024:
+        if len(self._futs) >= self._futs_cap:  # a batch future holds up to 64 files' results
             self._futs = [f for f in self._futs if not f.done()]
+            self._futs_cap = max(64, 2 * len(self._futs))
 
     def _flush_batch(self) -> None:
         if not self._batch:
@@ -1046,7 +1040,8 @@ class SnapshotRun:
         journal = self.journal is not None
         out: list[_FileOut] = []
         for (full, st0), r in zip(batch, results, strict=True):
-            fo = _FileOut(st=r.st or st0, extra=r.extra, bytes_read=r.bytes_read)
+            st = r.st or st0
+            fo = _FileOut(st=st, extra=r.extra, bytes_read=r.bytes_read)
             if r.error is not None:
                 fo.error = r.error
                 out.append(fo)
@@ -1061,10 +1056,11 @@ class SnapshotRun:
                 fo.bytes_stored += slen
             fo.content = cast(tuple[BlobId, ...], r.content)
             fo.unstable = r.unstable
-            if journal and not r.unstable and r.st is not None:
-                a = r.st
+            if journal and not r.unstable:
                 self._done.append(
-                    (full, _DoneStat(a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino), fo.content)
+                    done_line(
+                        full, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, r.content
+                    )
                 )
             out.append(fo)
         self._ingest_packs([], packs)

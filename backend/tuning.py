@@ -9,7 +9,6 @@ count bounds per-thread fragmentation.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 _M_MMAP_THRESHOLD = -3
@@ -21,7 +20,9 @@ def tune_malloc() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library this process already has (find_library would run ``ldconfig -p``:
+        # a fork and ~20 ms on every command).
+        libc = ctypes.CDLL(None)
         ok1 = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
         ok2 = libc.mallopt(_M_ARENA_MAX, 2)
         return bool(ok1 and ok2)

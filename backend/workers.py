@@ -81,7 +81,8 @@ class FileResult(NamedTuple):
     """One file as a worker read it."""
 
     st: os.stat_result | None
-    """fstat after the read (None if it could not be opened)."""
+    """fstat after the read; None when it equals the walk's lstat (size, mtime, ctime) or the
+    file could not be opened."""
     content: tuple[bytes, ...]
     new: list[tuple[bytes, bytes | None, int, int]]
     """(blob id, stored bytes or None when the worker packs it itself, stored length, plain
@@ -344,7 +345,8 @@ def read_one(path: bytes, size: int, mtime_ns: int, ctime_ns: int) -> _Read:
             and after.st_ctime_ns == ctime_ns
             and read == after.st_size
         ):
-            return _Read(after, content, chunks, total_read, None, False, extra)
+            # Unchanged since the walk's lstat: the parent has that stat (not sent back).
+            return _Read(None, content, chunks, total_read, None, False, extra)
         size, mtime_ns, ctime_ns = after.st_size, after.st_mtime_ns, after.st_ctime_ns
     return _Read(after, content, chunks, total_read, None, True, extra)
 

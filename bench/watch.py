@@ -194,7 +194,8 @@ def memory_run(
     engine path from the event on; inotify itself is measured by the latency run), and the
     watcher's clock and the store's clock advance ``sim_interval_s`` per edit, so the
     retention (all within an hour, then hourly...) and the periodic rescans act as over
-    hours of real editing. RSS is sampled every 250 checkpoints.
+    hours of real editing. malloc is tuned as in the CLI process. RSS is sampled every 250
+    checkpoints.
     """
     sys.path.insert(0, str(ROOT))
     from datetime import UTC, datetime
@@ -202,8 +203,10 @@ def memory_run(
     from backend.clock import FixedClock
     from backend.config import WatchConfig
     from backend.store import Store
+    from backend.tuning import tune_malloc
     from backend.watch import WatchCheckpoint, Watcher
 
+    tune_malloc()  # as `snapdeck watch` (tui/cli.py main) does
     src = work / "mem-src"
     edits = _make_memory_tree(src, files)
     clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
