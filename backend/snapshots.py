@@ -50,14 +50,12 @@ from backend.progress import NullProgress, Progress, check_cancel
 from backend.repository import PACK_TARGET, PutResult, Repository, default_threads
 from backend.resume import ResumeEntry, ResumeJournal
 from backend.storage.local import LocalStorage
-from backend.workers import FileResult, PackDone, WorkerPool, WorkerSetup
+from backend.workers import FileResult, PackDone, WorkerPool, WorkerSetup, open_for_read
 from backend.workers import read_xattrs as _xattrs
 
 log = logging.getLogger(__name__)
 done_line = ResumeJournal.line
 
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 MAX_INFLIGHT = 4096
 MAX_PREFETCH = 128
 """Directory listings (lstat results included) read ahead at most: ~100 KiB each for a
@@ -437,16 +435,9 @@ class SnapshotRun:
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileOut:
         out = _FileOut(st=st, extra=_xattrs(path))
         for attempt in range(3):
-            try:
-                fd = os.open(path, _READ_FLAGS | _O_NOATIME)
-            except PermissionError:
-                try:
-                    fd = os.open(path, _READ_FLAGS)
-                except OSError as exc:
-                    out.error = exc.strerror or str(exc)
-                    return out
-            except OSError as exc:
-                out.error = exc.strerror or str(exc)
+            fd = open_for_read(path)
+            if isinstance(fd, str):
+                out.error = fd
                 return out
             try:
                 content, read, added, stored = self._chunk_and_store(fd, st.st_size)

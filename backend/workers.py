@@ -41,6 +41,20 @@ SEEN_MAX = 200_000
 """Ids a worker remembers having sent (so a duplicate is not compressed twice); then forgets."""
 
 
+def open_for_read(path: bytes) -> int | str:
+    """A read-only fd of a regular file, never following a symlink, without updating its
+    atime where allowed (O_NOATIME needs ownership); or the reason it cannot be opened."""
+    try:
+        return os.open(path, READ_FLAGS | _O_NOATIME)
+    except PermissionError:
+        try:
+            return os.open(path, READ_FLAGS)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def read_xattrs(path: bytes) -> dict[str, Any] | None:
     """A file's extended attributes as an entry's ``extra`` (None when it has none)."""
     try:
@@ -322,15 +336,9 @@ def read_one(path: bytes, size: int, mtime_ns: int, ctime_ns: int) -> _Read:
     total_read = 0
     after: os.stat_result | None = None
     for _attempt in range(3):
-        try:
-            fd = os.open(path, READ_FLAGS | _O_NOATIME)
-        except PermissionError:
-            try:
-                fd = os.open(path, READ_FLAGS)
-            except OSError as exc:
-                return _Read(after, (), [], total_read, exc.strerror or str(exc), False, extra)
-        except OSError as exc:
-            return _Read(after, (), [], total_read, exc.strerror or str(exc), False, extra)
+        fd = open_for_read(path)
+        if isinstance(fd, str):
+            return _Read(after, (), [], total_read, fd, False, extra)
         try:
             content, chunks, read = _chunk(fd, size, s)
             after = os.fstat(fd)
